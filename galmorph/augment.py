@@ -1,0 +1,203 @@
+"""Augmented float32 batches produced on the fly from uint8 images.
+
+The paper's 40 views of a cutout: 5 crops (centre + 4 corners) x 4 rotations by 90 degrees
+x 2 (mirrored or not). The crop keeps `crop_fraction` of the side (the paper: 100 of 110
+pixels; 0.909 of 69 is 63). View 0 is the plain centre crop, the evaluation view.
+
+Every view is a fixed permutation of pixel positions, so a batch is ONE gather from the
+uint8 array (images never get copied per view and memory does not grow with the number
+of views), followed by the one normalisation `normalise` (x / 255, float32). Batches are
+NHWC float32 with the selected bands as channels.
+
+Modes: `paper40` (every training image in all 40 views per epoch), `random` (each image
+once per epoch in one random view of the 40), `none` (centre crop only).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+
+from galmorph.errors import GalmorphError
+
+MODES = ("paper40", "random", "none")
+PAPER_CROP_FRACTION = 100 / 110
+N_CROPS, N_ROTATIONS, N_MIRRORS = 5, 4, 2
+N_VIEWS = N_CROPS * N_ROTATIONS * N_MIRRORS
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [0, 1]. The one normalisation used for training and inference."""
+    return np.multiply(x, np.float32(1 / 255), dtype=np.float32)
+
+
+def crop_size(image_size: int, crop_fraction: float = PAPER_CROP_FRACTION) -> int:
+    if not 0.0 < crop_fraction <= 1.0:
+        raise GalmorphError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    return max(1, int(round(image_size * crop_fraction)))
+
+
+def view_maps(image_size: int, crop: int) -> np.ndarray:
+    """int32 (40, crop*crop): for each view, the flat source pixel of each output pixel.
+
+    View v = crop_index * 8 + rotation * 2 + mirror, crop_index 0 = centre, 1..4 = the
+    corners (top-left, top-right, bottom-left, bottom-right).
+    """
+    if crop > image_size:
+        raise GalmorphError(f"crop {crop} is larger than the {image_size}px images")
+    off = image_size - crop
+    c = off // 2
+    origins = [(c, c), (0, 0), (0, off), (off, 0), (off, off)]
+    grid = np.arange(image_size * image_size, dtype=np.int32).reshape(image_size, image_size)
+    maps = np.empty((N_VIEWS, crop * crop), dtype=np.int32)
+    for ci, (y, x) in enumerate(origins):
+        window = grid[y : y + crop, x : x + crop]
+        for rot in range(N_ROTATIONS):
+            rotated = np.rot90(window, k=rot)
+            for mirror in range(N_MIRRORS):
+                view = rotated[:, ::-1] if mirror else rotated
+                maps[ci * 8 + rot * 2 + mirror] = view.ravel()
+    return maps
+
+
+class BatchMaker:
+    """Makes normalised NHWC float32 batches of chosen (image, view) pairs.
+
+    images: uint8 (N, H, H, 3) (not copied); channels: band channel indices (galmorph.bands).
+    """
+
+    def __init__(self, images: np.ndarray, channels, crop_fraction: float = PAPER_CROP_FRACTION):
+        if images.ndim != 4 or images.shape[1] != images.shape[2]:
+            raise GalmorphError(f"images must be (N, H, H, C), got {images.shape}")
+        self.images = images
+        self.size = images.shape[1]
+        self.crop = crop_size(self.size, crop_fraction)
+        self.channels = np.asarray(channels, dtype=np.intp)
+        self.maps = view_maps(self.size, self.crop)
+        self._flat = images.reshape(images.shape[0], self.size * self.size, images.shape[3])
+        self._single = self.channels.size == 1
+        self._chan = int(self.channels[0])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.crop, self.crop, int(self.channels.size))
+
+    def batch_uint8(self, index: np.ndarray, views: np.ndarray | int = 0) -> np.ndarray:
+        """uint8 (B, crop, crop, C) of images `index` seen in `views` (one view or one per image)."""
+        index = np.asarray(index, dtype=np.intp)
+        pix = self.maps[views] if np.ndim(views) else self.maps[int(views)][None, :]
+        if self._single:
+            # gather only the one band: a third of the memory traffic
+            out = self._flat[index[:, None], pix, self._chan]
+            return out.reshape(index.size, self.crop, self.crop, 1)
+        out = self._flat[index[:, None], pix][..., self.channels]
+        return out.reshape(index.size, self.crop, self.crop, self.channels.size)
+
+    def batch(self, index: np.ndarray, views: np.ndarray | int = 0) -> np.ndarray:
+        return normalise(self.batch_uint8(index, views))
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise GalmorphError(f"unknown augment mode {mode!r}; choose one of {', '.join(MODES)}")
+    return mode
+
+
+def epoch_plan(n: int, mode: str, epoch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, views) visited in one training epoch, shuffled reproducibly per epoch."""
+    check_mode(mode)
+    rng = np.random.default_rng([seed, epoch, 11])
+    if mode == "paper40":
+        pos = np.repeat(np.arange(n), N_VIEWS)
+        views = np.tile(np.arange(N_VIEWS), n)
+        order = rng.permutation(pos.size)
+        return pos[order], views[order]
+    pos = rng.permutation(n)
+    views = rng.integers(0, N_VIEWS, size=n) if mode == "random" else np.zeros(n, dtype=np.int64)
+    return pos, views
+
+
+class TrainStream:
+    """Training batches for one split: per epoch, shuffled (image, view) pairs in batches.
+
+    `indices` are positions into the images; labels are returned as int64.
+    """
+
+    def __init__(self, maker: BatchMaker, indices: np.ndarray, labels: np.ndarray, *, mode: str,
+                 batch_size: int, seed: int, drop_remainder: bool = False):
+        self.maker = maker
+        self.indices = np.asarray(indices, dtype=np.intp)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.mode = check_mode(mode)
+        self.batch_size = int(batch_size)
+        self.seed = seed
+        self.drop_remainder = drop_remainder
+
+    @property
+    def images_per_epoch(self) -> int:
+        n = self.indices.size * (N_VIEWS if self.mode == "paper40" else 1)
+        return n - n % self.batch_size if self.drop_remainder else n
+
+    def __len__(self) -> int:
+        n = self.images_per_epoch
+        return n // self.batch_size if self.drop_remainder else -(-n // self.batch_size)
+
+    def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        pos, views = epoch_plan(self.indices.size, self.mode, epoch, self.seed)
+        return self.indices[pos], views
+
+    def get(self, plan, i: int) -> tuple[np.ndarray, np.ndarray]:
+        idx, views = plan
+        sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        return self.maker.batch(idx[sl], views[sl]), self.labels[idx[sl]]
+
+    def epoch(self, epoch: int, prefetch: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        plan = self.plan(epoch)
+        batches = (self.get(plan, i) for i in range(len(self)))
+        return prefetched(batches, prefetch) if prefetch > 0 else batches
+
+
+def eval_batches(maker: BatchMaker, indices: np.ndarray, batch_size: int, views=0):
+    """Batches of `indices` in one fixed view (default: centre crop), in order."""
+    indices = np.asarray(indices, dtype=np.intp)
+    for start in range(0, indices.size, batch_size):
+        yield maker.batch(indices[start : start + batch_size], views)
+
+
+def prefetched(iterable, depth: int = 2):
+    """Run `iterable` in a background thread, `depth` items ahead (numpy gathers release the GIL)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in iterable:
+                if stop.is_set():
+                    return
+                q.put(item)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+            return
+        q.put(done)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

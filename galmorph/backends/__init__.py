@@ -1,0 +1,35 @@
+"""Backend registry. A backend is a package with the same functions in each:
+
+    setup(seed, threads) -> dict            # seeds, threads; returns device info
+    build(spec, hyper) -> model             # galmorph.specs.NetworkSpec -> framework model
+    count_params(model) -> (trainable, total)
+    fit(model, stream, val_batches, hyper, reporter) -> model   # best weights restored
+    predict_proba(model, batches) -> np.ndarray (N, n_classes)
+    log_model(model, name, input_example) -> model uri
+    device_stats() -> dict                  # peak GPU memory etc. (empty on CPU)
+
+Adding a backend is one folder and one line below.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from galmorph.errors import GalmorphError
+
+BACKENDS = {
+    "keras": "galmorph.backends.keras",
+    "torch": "galmorph.backends.torch",
+}
+
+
+def get(name: str):
+    if name not in BACKENDS:
+        raise GalmorphError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    try:
+        return importlib.import_module(BACKENDS[name])
+    except ImportError as exc:
+        extra = "keras" if name == "keras" else "torch"
+        raise GalmorphError(
+            f"backend {name} cannot be imported ({exc}); install it with `pip install -e .[{extra}]`"
+        ) from None

@@ -1,0 +1,13 @@
+"""Keras 3 backend (TensorFlow underneath, as the paper used)."""
+
+import os
+
+# Keras reads its backend once, at first import: set it before anything imports keras.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from galmorph.backends.keras.model import build, count_params  # noqa: E402
+from galmorph.backends.keras.train import device_stats, fit, log_model, predict_proba, setup  # noqa: E402
+
+NAME = "keras"
+__all__ = ["NAME", "build", "count_params", "device_stats", "fit", "log_model", "predict_proba", "setup"]

@@ -1,0 +1,36 @@
+"""Keras translation of a galmorph NetworkSpec."""
+
+from __future__ import annotations
+
+import keras
+
+from galmorph import training
+from galmorph.specs import NetworkSpec
+
+
+def build(spec: NetworkSpec, hyper=None) -> keras.Model:
+    """A keras.Model taking float32 NHWC images and returning class probabilities (softmax)."""
+    inputs = keras.Input(shape=spec.input_shape, name="image")
+    x = inputs
+    for i, layer in enumerate(spec.layers):
+        name = f"{layer.type}{i}"
+        if layer.type == "conv":
+            x = keras.layers.Conv2D(layer.filters, layer.kernel, padding="valid", activation="relu", name=name)(x)
+        elif layer.type == "bn":
+            x = keras.layers.BatchNormalization(momentum=training.BN_MOMENTUM, epsilon=training.BN_EPSILON, name=name)(x)
+        elif layer.type == "maxpool":
+            x = keras.layers.MaxPooling2D(layer.size, name=name)(x)
+        elif layer.type == "flatten":
+            x = keras.layers.Flatten(name=name)(x)
+        elif layer.type == "dropout":
+            x = keras.layers.Dropout(layer.rate, name=name)(x)
+        elif layer.type == "dense":
+            x = keras.layers.Dense(layer.units, activation="relu", name=name)(x)
+        elif layer.type == "output":
+            x = keras.layers.Dense(layer.units, activation="softmax", name="probabilities", dtype="float32")(x)
+    return keras.Model(inputs, x, name=spec.name)
+
+
+def count_params(model: keras.Model) -> tuple[int, int]:
+    trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
+    return trainable, int(model.count_params())

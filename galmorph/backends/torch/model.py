@@ -1,0 +1,74 @@
+"""PyTorch translation of a galmorph NetworkSpec.
+
+The network takes float32 NHWC images, like the Keras one (the permute to NCHW is a view
+in channels-last memory, so no copy), and returns logits; `Probabilities` wraps it for
+inference and for the logged MLflow model. Weights start like Keras's (Glorot-uniform,
+zero biases) so both backends start from the same distribution.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from galmorph import training
+from galmorph.specs import NetworkSpec
+
+
+class Net(nn.Module):
+    def __init__(self, spec: NetworkSpec):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for layer in spec.layers:
+            if layer.type == "conv":
+                layers += [nn.Conv2d(layer.in_shape[-1], layer.filters, layer.kernel), nn.ReLU(inplace=True)]
+            elif layer.type == "bn":
+                layers.append(nn.BatchNorm2d(layer.in_shape[-1], eps=training.BN_EPSILON, momentum=1 - training.BN_MOMENTUM))
+            elif layer.type == "maxpool":
+                layers.append(nn.MaxPool2d(layer.size))
+            elif layer.type == "flatten":
+                layers.append(_FlattenNHWC())
+            elif layer.type == "dropout":
+                layers.append(nn.Dropout(layer.rate))
+            elif layer.type == "dense":
+                layers += [nn.Linear(layer.in_shape[0], layer.units), nn.ReLU(inplace=True)]
+            elif layer.type == "output":
+                layers.append(nn.Linear(layer.in_shape[0], layer.units))
+        self.body = nn.Sequential(*layers)
+        self.spec_name = spec.name
+        self.input_shape = spec.input_shape
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.permute(0, 3, 1, 2))
+
+
+class _FlattenNHWC(nn.Module):
+    """Flatten in (H, W, C) order, as Keras does, so flattened features line up across backends."""
+
+    def forward(self, x):
+        return torch.flatten(x.permute(0, 2, 3, 1), 1)
+
+
+class Probabilities(nn.Module):
+    """Inference wrapper: NHWC float32 images -> class probabilities."""
+
+    def __init__(self, net: Net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return torch.softmax(self.net(x), dim=1)
+
+
+def build(spec: NetworkSpec, hyper=None) -> Net:
+    return Net(spec).to(memory_format=torch.channels_last)
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    buffers = sum(b.numel() for name, b in model.named_buffers() if not name.endswith("num_batches_tracked"))
+    return trainable, trainable + buffers

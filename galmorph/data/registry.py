@@ -1,0 +1,215 @@
+"""One record per dataset, and the one loader that turns any of them into a `Dataset`.
+
+A dataset is named (`galaxy10`, `synthetic`, `nair2010`) or given as the path of a
+Galaxy10-format HDF5 file. `load()` returns uint8 images untouched (band selection and
+augmentation happen per batch, so memory never grows with either), labels mapped through
+a class scheme, and each kept image's row in the source file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from galmorph.errors import GalmorphError
+from galmorph.paths import cache_dir
+
+GALAXY10_CLASSES = (
+    "Disk, Face-on, No Spiral",
+    "Smooth, Completely round",
+    "Smooth, in-between round",
+    "Smooth, Cigar shaped",
+    "Disk, Edge-on, Rounded Bulge",
+    "Disk, Edge-on, Boxy Bulge",
+    "Disk, Edge-on, No Bulge",
+    "Disk, Face-on, Tight Spiral",
+    "Disk, Face-on, Medium Spiral",
+    "Disk, Face-on, Loose Spiral",
+)
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    name: str
+    description: str
+    source: str
+    image_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+    filename: str
+    urls: tuple[str, ...] = ()
+    sha256: str | None = None
+    size_bytes: int | None = None
+    how_to_get: str = ""
+
+
+DATASETS: dict[str, DatasetRecord] = {
+    "galaxy10": DatasetRecord(
+        name="galaxy10",
+        description="Galaxy10 SDSS: 21,785 Galaxy Zoo galaxies, 10 classes, 69x69 gri colour (Leung & Bovy, astroNN)",
+        source="https://zenodo.org/records/10844811",
+        image_shape=(69, 69, 3),
+        class_names=GALAXY10_CLASSES,
+        filename="Galaxy10.h5",
+        urls=(
+            "https://zenodo.org/records/10844811/files/Galaxy10.h5?download=1",
+            "https://www.astro.utoronto.ca/~bovy/Galaxy10/Galaxy10.h5",
+        ),
+        sha256="969a6b1cefcc36e09fffa86febd2f699a4aa19b837ba0427f01b0bc6ded458af",
+        size_bytes=210_234_548,
+        how_to_get="run `galmorph data download galaxy10` (210 MB)",
+    ),
+    "synthetic": DatasetRecord(
+        name="synthetic",
+        description="Offline simulated SDSS-like E/S0/Sp/Irr galaxies (Sersic bulges, inclined disks, spiral arms, PSF, noise)",
+        source="galmorph.data.synthetic",
+        image_shape=(69, 69, 3),
+        class_names=("E", "S0", "Sp", "Irr"),
+        filename="(generated)",
+        how_to_get="generated on first use and cached",
+    ),
+    "nair2010": DatasetRecord(
+        name="nair2010",
+        description="Nair & Abraham 2010 (14,034 SDSS galaxies, T-types), 110x110 SkyServer cutouts at 0.7\"/px",
+        source="VizieR J/ApJS/186/427 + SDSS SkyServer ImgCutout",
+        image_shape=(110, 110, 3),
+        class_names=("E", "S0", "Sp", "Irr+Misc"),
+        filename="nair2010/nair2010.h5",
+        how_to_get="run `galmorph data prepare nair2010` (about 14,000 cutout requests)",
+    ),
+}
+
+ASTRONN_GALAXY10 = Path.home() / ".astroNN" / "datasets" / "Galaxy10.h5"
+
+
+@dataclass
+class Dataset:
+    """Images and labels ready for splitting.
+
+    images: uint8 (N, H, W, 3), SDSS colour-composite order (i, r, g);
+    labels: int64 (N,) in 0..len(class_names)-1 after the class scheme;
+    rows: int64 (N,), each image's row in the source file (stable across schemes);
+    groups: (N,) galaxy ids (several images of one galaxy share one) or None.
+    """
+
+    name: str
+    key: str  # the scheme namespace: dataset name, or the file's stem
+    path: Path | None
+    images: np.ndarray
+    labels: np.ndarray
+    rows: np.ndarray
+    class_names: tuple[str, ...]
+    native_class_names: tuple[str, ...]
+    groups: np.ndarray | None = None
+    scheme: str = "native"
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+    def digest(self) -> str:
+        """Content digest (16 hex digits) of the images and labels actually used."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.labels).tobytes())
+        h.update(np.ascontiguousarray(self.rows).tobytes())
+        h.update("|".join(self.class_names).encode())
+        step = 2048
+        for start in range(0, len(self), step):
+            h.update(np.ascontiguousarray(self.images[start : start + step]).tobytes())
+        return h.hexdigest()[:16]
+
+    def subset(self, keep: np.ndarray) -> "Dataset":
+        """A Dataset of the positions `keep` (copies the selected images)."""
+        return Dataset(
+            self.name, self.key, self.path, self.images[keep], self.labels[keep], self.rows[keep],
+            self.class_names, self.native_class_names,
+            None if self.groups is None else self.groups[keep], self.scheme, dict(self.meta),
+        )
+
+
+def names() -> list[str]:
+    return sorted(DATASETS)
+
+
+def resolve_path(dataset: str, *, download: bool = True, synthetic_n: int = 2000,
+                 synthetic_size: int = 69, synthetic_noise: float = 1.0, seed: int = 0,
+                 progress: bool = True) -> tuple[Path, DatasetRecord | None]:
+    """The HDF5 file behind `dataset` (a registered name or a path), fetching or generating it."""
+    if dataset in DATASETS:
+        record = DATASETS[dataset]
+        if dataset == "synthetic":
+            from galmorph.data import synthetic
+
+            path = synthetic.load_or_generate(synthetic_n, synthetic_size, seed=seed, noise=synthetic_noise)
+            return Path(path), record
+        if dataset == "galaxy10":
+            return galaxy10_path(download=download, progress=progress), record
+        path = cache_dir() / record.filename
+        if not path.is_file():
+            raise GalmorphError(f"dataset {dataset} is not prepared yet ({path} is missing); {record.how_to_get}")
+        return path, record
+    path = Path(dataset).expanduser()
+    if path.suffix.lower() in (".h5", ".hdf5") or path.exists() or "/" in dataset:
+        if not path.is_file():
+            raise GalmorphError(f"dataset file {path} does not exist; give the path of a Galaxy10-format .h5 file")
+        return path, None
+    raise GalmorphError(
+        f"unknown dataset {dataset!r}; choose one of {', '.join(names())} or give the path of a Galaxy10-format .h5 file"
+    )
+
+
+def galaxy10_path(download: bool = True, progress: bool = True) -> Path:
+    """Galaxy10.h5: astroNN's cached copy if it verifies, else galmorph's cache, downloading if needed."""
+    from galmorph.data import download as dl
+
+    record = DATASETS["galaxy10"]
+    if ASTRONN_GALAXY10.is_file() and dl.verify(ASTRONN_GALAXY10, record.sha256, record.size_bytes):
+        return ASTRONN_GALAXY10
+    dest = cache_dir() / record.filename
+    if not download:
+        if dest.is_file() and dl.verify(dest, record.sha256, record.size_bytes):
+            return dest
+        raise GalmorphError(f"Galaxy10 is not downloaded yet; {record.how_to_get}")
+    return dl.fetch(record.urls, dest, record.sha256, size=record.size_bytes, progress=progress)
+
+
+def load(dataset: str, scheme: str = "default", *, schemes_file: str | None = None, **resolve_kwargs) -> Dataset:
+    """Load `dataset` and apply class scheme `scheme` (dropping the classes it leaves out)."""
+    from galmorph.data import hdf5
+    from galmorph import schemes
+
+    path, record = resolve_path(dataset, **resolve_kwargs)
+    raw = hdf5.read(path)
+    if record is not None:
+        key = record.name
+        native = record.class_names
+        if raw.class_names is not None and len(raw.class_names) != len(native):
+            raise GalmorphError(
+                f"{path} has {len(raw.class_names)} classes but dataset {key} has {len(native)}; delete the file and fetch it again"
+            )
+    else:
+        key = path.stem
+        n_native = int(raw.labels.max()) + 1
+        native = raw.class_names or tuple(f"class_{i}" for i in range(n_native))
+    if raw.labels.max() >= len(native):
+        raise GalmorphError(
+            f"{path}: label {raw.labels.max()} is outside the {len(native)} classes of {key}; fix the labels"
+        )
+    sch = schemes.get(key, scheme, native, schemes_file=schemes_file)
+    keep, labels = sch.apply(raw.labels)
+    if not keep.any():
+        raise GalmorphError(f"scheme {sch.name} keeps no image of {key}; choose another scheme")
+    rows = np.flatnonzero(keep).astype(np.int64)
+    images = raw.images if keep.all() else raw.images[keep]
+    groups = None if raw.ids is None else raw.ids[keep]
+    return Dataset(
+        name=record.name if record else str(path), key=key, path=path, images=images, labels=labels,
+        rows=rows, class_names=sch.class_names, native_class_names=tuple(native), groups=groups,
+        scheme=sch.name,
+    )

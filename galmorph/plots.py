@@ -1,0 +1,67 @@
+"""Figures logged with every run (matplotlib, Agg; written atomically)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+    _plt().close(fig)
+    return path
+
+
+def confusion_matrix(report: dict, path: Path, normalised: bool = True, title: str = "") -> Path:
+    """Confusion matrix with true classes as rows, labelled in the report's class order."""
+    plt = _plt()
+    names = report["class_names"]
+    cm = np.asarray(report["confusion_matrix_normalised" if normalised else "confusion_matrix"], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(names), 1.0 + 0.8 * len(names)))
+    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1 if normalised else max(cm.max(), 1))
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    thresh = (1 if normalised else cm.max()) / 2
+    for i in range(len(names)):
+        for j in range(len(names)):
+            text = f"{cm[i, j]:.2f}" if normalised else f"{int(cm[i, j])}"
+            ax.text(j, i, text, ha="center", va="center", color="white" if cm[i, j] > thresh else "black", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title or ("confusion matrix (row-normalised)" if normalised else "confusion matrix (counts)"))
+    return _save(fig, path)
+
+
+def learning_curves(history, path: Path, title: str = "") -> Path:
+    """Loss and accuracy per epoch, train and validation."""
+    plt = _plt()
+    epochs = [r.epoch + 1 for r in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a1.plot(epochs, [r.train_loss for r in history], "o-", label="train")
+    a1.plot(epochs, [r.val_loss for r in history], "s-", label="validation")
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("cross-entropy")
+    a1.legend()
+    a2.plot(epochs, [r.train_accuracy for r in history], "o-", label="train")
+    a2.plot(epochs, [r.val_accuracy for r in history], "s-", label="validation")
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("accuracy")
+    a2.legend()
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

@@ -1,0 +1,173 @@
+"""Backend-neutral network specs (experiments/architectures.yaml) resolved for one input.
+
+`resolve(name, input_shape, n_classes, **hp)` turns a spec into concrete layers, each with
+its output shape and parameter counts, so both backends build the same network and tests
+can pin their parameter counts to these numbers. Shapes are (height, width, channels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from galmorph.errors import GalmorphError
+from galmorph.paths import load_yaml
+
+LAYER_TYPES = ("conv", "bn", "maxpool", "flatten", "dropout", "dense", "output")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One concrete layer. `out_shape` is (H, W, C) before flatten and (units,) after it."""
+
+    type: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    filters: int = 0
+    kernel: int = 0
+    size: int = 0
+    rate: float = 0.0
+    units: int = 0
+    trainable_params: int = 0
+    total_params: int = 0
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    name: str
+    input_shape: tuple[int, int, int]
+    n_classes: int
+    layers: tuple[Layer, ...]
+    options: dict = field(default_factory=dict)
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(layer.trainable_params for layer in self.layers)
+
+    @property
+    def total_params(self) -> int:
+        return sum(layer.total_params for layer in self.layers)
+
+    @property
+    def flatten_size(self) -> int:
+        for layer in self.layers:
+            if layer.type == "flatten":
+                return layer.out_shape[0]
+        raise GalmorphError(f"network {self.name} has no flatten layer")
+
+
+def architectures() -> dict:
+    return load_yaml("architectures.yaml")
+
+
+def available() -> list[str]:
+    return sorted(architectures())
+
+
+def resolve(
+    name: str,
+    input_shape: tuple[int, int, int],
+    n_classes: int,
+    *,
+    width: float = 1.0,
+    dense_units: int | None = None,
+    dropout: float | None = None,
+    _explain: bool = True,
+    **options,
+) -> NetworkSpec:
+    """Concrete layers of network `name` for `input_shape` (H, W, C) and `n_classes`.
+
+    `width` scales conv filters (rounded, at least 1), `dense_units` replaces the hidden
+    dense widths, `dropout` the dropout rates; other keywords set the spec's options
+    (e.g. batchnorm=False for C1). Raises GalmorphError when the input is too small.
+    """
+    specs = architectures()
+    if name not in specs:
+        raise GalmorphError(f"unknown model {name!r}; choose one of {', '.join(sorted(specs))}")
+    spec = specs[name]
+    opts = dict(spec.get("options") or {})
+    unknown = set(options) - set(opts)
+    if unknown:
+        raise GalmorphError(
+            f"model {name} has no option {', '.join(sorted(unknown))}; its options are "
+            f"{', '.join(sorted(opts)) or 'none'}"
+        )
+    opts.update({k: v for k, v in options.items() if v is not None})
+    if n_classes < 2:
+        raise GalmorphError(f"a classifier needs at least 2 classes, got {n_classes}; choose another scheme")
+    if width <= 0:
+        raise GalmorphError(f"width must be positive, got {width}")
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        raise GalmorphError(f"dropout must be in [0, 1), got {dropout}")
+    if dense_units is not None and dense_units < 1:
+        raise GalmorphError(f"dense_units must be at least 1, got {dense_units}")
+
+    h, w, c = (int(v) for v in input_shape)
+    shape: tuple[int, ...] = (h, w, c)
+    layers: list[Layer] = []
+    for raw in spec["layers"]:
+        cond = raw.get("if")
+        if cond is not None and not opts.get(cond):
+            continue
+        kind = raw["type"]
+        if kind == "conv":
+            filters = max(1, int(round(raw["filters"] * width)))
+            k = int(raw["kernel"])
+            hh, ww, cc = shape
+            if hh < k or ww < k:
+                raise _too_small(name, input_shape, f"a {k}x{k} convolution sees {hh}x{ww}", _explain, options)
+            out = (hh - k + 1, ww - k + 1, filters)
+            n = k * k * cc * filters + filters
+            layers.append(Layer("conv", shape, out, filters=filters, kernel=k, trainable_params=n, total_params=n))
+        elif kind == "bn":
+            ch = shape[-1]
+            layers.append(Layer("bn", shape, shape, trainable_params=2 * ch, total_params=4 * ch))
+            out = shape
+        elif kind == "maxpool":
+            s = int(raw["size"])
+            hh, ww, cc = shape
+            if hh < s or ww < s:
+                raise _too_small(name, input_shape, f"a {s}x{s} pooling sees {hh}x{ww}", _explain, options)
+            out = (hh // s, ww // s, cc)
+            layers.append(Layer("maxpool", shape, out, size=s))
+        elif kind == "flatten":
+            out = (shape[0] * shape[1] * shape[2],)
+            layers.append(Layer("flatten", shape, out))
+        elif kind == "dropout":
+            rate = float(raw["rate"] if dropout is None else dropout)
+            out = shape
+            layers.append(Layer("dropout", shape, out, rate=rate))
+        elif kind == "dense":
+            units = int(raw["units"] if dense_units is None else dense_units)
+            n = shape[0] * units + units
+            out = (units,)
+            layers.append(Layer("dense", shape, out, units=units, trainable_params=n, total_params=n))
+        else:
+            raise GalmorphError(f"architectures.yaml: {name} has unknown layer type {kind!r}")
+        shape = out
+    if len(shape) != 1:
+        raise GalmorphError(f"architectures.yaml: {name} must flatten before its output layer")
+    n = shape[0] * n_classes + n_classes
+    layers.append(Layer("output", shape, (n_classes,), units=n_classes, trainable_params=n, total_params=n))
+    return NetworkSpec(name, (h, w, c), n_classes, tuple(layers), opts)
+
+
+def min_input_size(name: str, channels: int = 1, **options) -> int:
+    """The smallest square input that network `name` accepts."""
+    for size in range(1, 512):
+        try:
+            resolve(name, (size, size, channels), 2, _explain=False, **options)
+            return size
+        except GalmorphError:
+            continue
+    raise GalmorphError(f"no input size up to 511 fits network {name}")
+
+
+def _too_small(name, input_shape, detail, explain, options) -> GalmorphError:
+    h, w, _ = input_shape
+    if not explain:
+        return GalmorphError(f"input {h}x{w} is too small for {name}")
+    need = min_input_size(name, **options)
+    return GalmorphError(
+        f"input {h}x{w} is too small for {name} ({detail}); {name} needs at least "
+        f"{need}x{need}: use larger images or a larger crop_fraction"
+    )

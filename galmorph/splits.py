@@ -1,0 +1,173 @@
+"""Leakage-free, stratified, seeded train/validation/test splits.
+
+Splits are made over galaxies, not images: where a dataset has galaxy ids, every image of
+one galaxy lands in the same split. Within each class the galaxies are shuffled with the
+seed and cut by the fractions, so each split keeps the class proportions and every class
+with at least three galaxies appears in all three splits. Indices are stored as rows of
+the source file, so a saved split can be reused by a later run (and by the other backend).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from galmorph.errors import GalmorphError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """Positions into a Dataset for each split, plus how they were made."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    seed: int
+    val_fraction: float
+    test_fraction: float
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return getattr(self, name)
+
+    def sizes(self) -> dict[str, int]:
+        return {name: int(self[name].size) for name in SPLITS}
+
+    def to_rows(self, rows: np.ndarray) -> dict[str, list[int]]:
+        return {name: rows[self[name]].tolist() for name in SPLITS}
+
+
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < value < 1.0:
+            raise GalmorphError(f"{name} must be between 0 and 1 (exclusive), got {value}")
+    if val_fraction + test_fraction >= 1.0:
+        raise GalmorphError(
+            f"val_fraction + test_fraction = {val_fraction + test_fraction:g} leaves nothing to train on; "
+            "make them add up to less than 1 (e.g. 0.15 + 0.15)"
+        )
+
+
+def stratified(labels: np.ndarray, *, val_fraction: float = 0.15, test_fraction: float = 0.15,
+               seed: int = 0, groups: np.ndarray | None = None, class_names=None) -> Split:
+    """Split positions 0..N-1 by galaxy, stratified by class.
+
+    A class with fewer than 3 galaxies cannot be in all three splits: that is an error
+    naming the class (merge or drop it with a scheme, or use more images).
+    """
+    check_fractions(val_fraction, test_fraction)
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        raise GalmorphError("no images to split; check max_images and the scheme")
+    if groups is None:
+        group_of = np.arange(labels.size)
+    else:
+        _, group_of = np.unique(groups, return_inverse=True)
+    n_groups = int(group_of.max()) + 1
+    group_label = np.full(n_groups, -1, dtype=np.int64)
+    group_label[group_of] = labels
+    if groups is not None and not np.array_equal(group_label[group_of], labels):
+        raise GalmorphError("images of one galaxy carry different labels; fix the labels or the galaxy ids")
+
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
+    for cls in np.unique(group_label):
+        members = np.flatnonzero(group_label == cls)
+        n = members.size
+        if n < 3:
+            name = class_names[cls] if class_names is not None else str(cls)
+            raise GalmorphError(
+                f"class {name} has only {n} galaxy(ies), too few to appear in train, validation and test; "
+                "merge or drop it with a scheme, or raise max_images"
+            )
+        members = members[rng.permutation(n)]
+        n_test = min(max(1, int(round(n * test_fraction))), n - 2)
+        n_val = min(max(1, int(round(n * val_fraction))), n - n_test - 1)
+        parts["test"].append(members[:n_test])
+        parts["val"].append(members[n_test : n_test + n_val])
+        parts["train"].append(members[n_test + n_val :])
+    out = {}
+    for name in SPLITS:
+        chosen = np.zeros(n_groups, dtype=bool)
+        chosen[np.concatenate(parts[name])] = True
+        out[name] = np.flatnonzero(chosen[group_of])
+    return Split(out["train"], out["val"], out["test"], seed, val_fraction, test_fraction)
+
+
+def stratified_subset(labels: np.ndarray, max_images: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions of a class-proportional subset of at most `max_images` images.
+
+    Every class keeps at least 3 images where it has them (so it can still be split).
+    """
+    labels = np.asarray(labels)
+    if max_images < 1:
+        raise GalmorphError(f"max_images must be at least 1 (or 0 for all), got {max_images}")
+    if max_images >= labels.size:
+        return np.arange(labels.size)
+    rng = np.random.default_rng([seed, 7])
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.maximum(np.minimum(counts, 3), np.floor(counts * max_images / labels.size)).astype(int)
+    # hand out what rounding left over to the largest remainders
+    left = max_images - quota.sum()
+    if left > 0:
+        frac = counts * max_images / labels.size - np.floor(counts * max_images / labels.size)
+        for i in np.argsort(-frac)[:left]:
+            quota[i] = min(quota[i] + 1, counts[i])
+    keep = [rng.choice(np.flatnonzero(labels == c), size=q, replace=False) for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(keep))
+
+
+def save(split: Split, rows: np.ndarray, path: Path, *, dataset_digest: str, extra: dict | None = None) -> Path:
+    """Write the split as JSON (source-file rows per split) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "format": "galmorph-split-1",
+        "dataset_digest": dataset_digest,
+        "seed": split.seed,
+        "val_fraction": split.val_fraction,
+        "test_fraction": split.test_fraction,
+        "sizes": split.sizes(),
+        "rows": split.to_rows(rows),
+        **(extra or {}),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: Path, rows: np.ndarray) -> Split:
+    """Read a saved split and map its source rows to positions in a dataset with `rows`."""
+    try:
+        with open(path) as fh:
+            doc = json.load(fh)
+    except OSError as exc:
+        raise GalmorphError(f"cannot read split file {path} ({exc.strerror}); check the path") from None
+    except json.JSONDecodeError:
+        raise GalmorphError(f"split file {path} is not valid JSON; use a splits.json logged by a galmorph run") from None
+    if doc.get("format") != "galmorph-split-1":
+        raise GalmorphError(f"{path} is not a galmorph split file; use a splits.json logged by a galmorph run")
+    position = {int(r): i for i, r in enumerate(rows)}
+    out = {}
+    for name in SPLITS:
+        missing = [r for r in doc["rows"][name] if r not in position]
+        if missing:
+            raise GalmorphError(
+                f"split file {path}: {len(missing)} {name} row(s) (e.g. {missing[0]}) are not in this dataset "
+                "after scheme and max_images; use the same dataset, scheme and max_images as the run that made it"
+            )
+        out[name] = np.array([position[r] for r in doc["rows"][name]], dtype=np.int64)
+    return Split(out["train"], out["val"], out["test"], int(doc["seed"]),
+                 float(doc["val_fraction"]), float(doc["test_fraction"]))

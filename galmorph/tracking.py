@@ -1,0 +1,107 @@
+"""MLflow glue shared by every command: runs that end FAILED/KILLED on errors, parameters
+that coexist with the ones `mlflow run` already logged, and artifacts written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from galmorph.errors import GalmorphError
+
+_SECRET = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
+
+
+def redact(value) -> str:
+    """Hide the password of a URL (postgresql://user:secret@host -> postgresql://user:***@host)."""
+    return _SECRET.sub(r"\1***\3", str(value))
+
+
+def configure(experiment: str) -> None:
+    """Use `experiment` unless `mlflow run` already chose the run (MLFLOW_RUN_ID)."""
+    import mlflow
+
+    if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        mlflow.set_experiment(experiment)
+
+
+@contextlib.contextmanager
+def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None = None,
+        system_metrics: bool = True):
+    """Start (or, under `mlflow run`, continue) a run; end it FAILED or KILLED on errors.
+
+    A GalmorphError or any other exception marks the run FAILED with the reason in the
+    `failure_reason` tag; Ctrl-C (KeyboardInterrupt) or SIGTERM marks it KILLED.
+    """
+    import mlflow
+
+    kwargs = {"nested": nested, "tags": tags}
+    if not nested and not os.environ.get("MLFLOW_RUN_ID"):
+        kwargs["run_name"] = run_name or None
+    if system_metrics:
+        kwargs["log_system_metrics"] = True
+    active = mlflow.start_run(**kwargs)
+    try:
+        yield active
+    except KeyboardInterrupt:
+        _safe_tag(active, "failure_reason", "interrupted (KeyboardInterrupt)")
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _safe_tag(active, "failure_reason", redact(reason)[:4000])
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def _safe_tag(active, key, value):
+    import mlflow
+
+    with contextlib.suppress(Exception):
+        mlflow.MlflowClient().set_tag(active.info.run_id, key, value)
+
+
+def log_params(params: dict) -> None:
+    """Log parameters, skipping keys the run already has (`mlflow run` logs its -P values as
+    typed; ours are the same settings, possibly spelt differently, e.g. 2e-4 vs 0.0002)."""
+    import mlflow
+
+    active = mlflow.active_run()
+    existing = set(mlflow.MlflowClient().get_run(active.info.run_id).data.params)
+    fresh = {k: redact(v)[:6000] for k, v in params.items() if k not in existing}
+    items = list(fresh.items())
+    for start in range(0, len(items), 90):
+        mlflow.log_params(dict(items[start : start + 90]))
+
+
+@contextlib.contextmanager
+def artifact_dir():
+    """A temporary folder whose files are logged as run artifacts when the block ends."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="galmorph-") as tmp:
+        yield Path(tmp)
+        mlflow.log_artifacts(tmp)
+
+
+def install_sigterm_handler() -> None:
+    """Turn SIGTERM (sent by `mlflow run` on Ctrl-C, and by job schedulers) into KeyboardInterrupt."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    with contextlib.suppress(ValueError):  # not in the main thread
+        signal.signal(signal.SIGTERM, handler)
+
+
+def require_finite(name: str, value: float) -> float:
+    import math
+
+    if not math.isfinite(value):
+        raise GalmorphError(f"{name} is {value}; the run produced no usable number")
+    return value

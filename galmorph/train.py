@@ -1,0 +1,184 @@
+"""`run(config) -> metrics`: one tracked training run, whatever the backend.
+
+The CLI (`galmorph train`), the MLproject entry points and Optuna trials all call this.
+Everything here is backend-neutral: the backend only builds, fits and predicts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from galmorph import augment, bands, metrics, plots, specs, splits, system, tracking, training
+from galmorph.config import TrainConfig
+from galmorph.data import registry
+from galmorph.errors import GalmorphError
+
+SYNTHETIC_DATA_SEED = 0  # the synthetic images stay the same whatever the training seed
+SUBSET_SEED = 0  # likewise the max_images subset: seeds vary the split and the weights only
+
+
+@dataclass
+class Prepared:
+    """Data ready to train on: loaded once, reused by every trial of a study."""
+
+    data: registry.Dataset
+    split: splits.Split
+    maker: augment.BatchMaker
+
+
+def prepare(config: TrainConfig) -> Prepared:
+    """Load the dataset, apply scheme and max_images, make (or reuse) the split."""
+    data = registry.load(
+        config.dataset, config.scheme, schemes_file=config.schemes_file or None,
+        synthetic_n=config.synthetic_n, synthetic_noise=config.synthetic_noise, seed=SYNTHETIC_DATA_SEED,
+    )
+    if config.max_images:
+        data = data.subset(splits.stratified_subset(data.labels, config.max_images, seed=SUBSET_SEED))
+    if config.split_file:
+        split = splits.load(Path(config.split_file), data.rows)
+    else:
+        split = splits.stratified(data.labels, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                                  seed=config.seed, groups=data.groups, class_names=data.class_names)
+    maker = augment.BatchMaker(data.images, bands.channels(config.band), config.crop_fraction)
+    return Prepared(data, split, maker)
+
+
+def hyper_from(config: TrainConfig, train_labels: np.ndarray, n_classes: int) -> training.Hyper:
+    cw = training.balanced_class_weight(train_labels, n_classes) if config.class_weights == "balanced" else None
+    return training.Hyper(
+        epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+        optimizer=config.optimizer, weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
+        class_weight=cw, seed=config.seed, threads=config.threads, eval_batch_size=config.eval_batch_size,
+    )
+
+
+def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, nested: bool = False,
+        extra_tags: dict | None = None) -> dict:
+    """Train, evaluate and log one run; return its final metrics (test_* and timings).
+
+    Under `mlflow run` the run that MLflow created is continued. Bad settings end the run
+    FAILED with the reason in the `failure_reason` tag, before any training.
+    """
+    import mlflow
+
+    tracking.configure(config.experiment)
+    tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset,
+            "scheme": config.scheme, **(extra_tags or {})}
+    name = config.run_name or f"{config.model}-{config.backend}-{Path(config.dataset).stem}"
+    with tracking.run(name, nested=nested, tags=tags, system_metrics=not nested) as active:
+        config.validate()
+        return _run(config, active, prepared, trial, mlflow)
+
+
+def _run(config, active, prepared, trial, mlflow) -> dict:
+    from galmorph import backends
+
+    tracking.log_params({**config.to_dict(), **{f"version_{k}": v for k, v in system.library_versions().items()}})
+    t_data = time.perf_counter()
+    prepared = prepared or prepare(config)
+    data, split, maker = prepared.data, prepared.split, prepared.maker
+    spec = specs.resolve(config.model, maker.input_shape, len(data.class_names), **config.arch_kwargs())
+    digest = data.digest()
+    mlflow.set_tags({"scheme": data.scheme, "dataset_digest": digest})
+    tracking.log_params({
+        "dataset_name": data.name, "dataset_digest": digest, "dataset_path": str(data.path),
+        "scheme_resolved": data.scheme, "class_names": ",".join(data.class_names), "n_classes": len(data.class_names),
+        "image_size": data.image_size, "input_shape": "x".join(map(str, spec.input_shape)),
+        "n_train": split.train.size, "n_val": split.val.size, "n_test": split.test.size,
+        "spec_trainable_params": spec.trainable_params, "spec_total_params": spec.total_params,
+        "flatten_size": spec.flatten_size,
+    })
+    _log_dataset(mlflow, data, digest)
+    data_time = time.perf_counter() - t_data
+
+    backend = backends.get(config.backend)
+    info = backend.setup(config.seed, config.threads)
+    tracking.log_params({"device": info["device"], "device_name": info["device_name"], "framework": info["framework"],
+                         "cpu_threads": config.threads or system.cpu_count()})
+    model = backend.build(spec)
+    trainable, total = backend.count_params(model)
+    if trainable != spec.trainable_params:
+        raise RuntimeError(f"{config.backend} built {trainable} trainable parameters, the spec has {spec.trainable_params}")
+    mlflow.log_metrics({"trainable_params": trainable, "total_params": total, "data_prep_time_s": data_time})
+
+    labels = data.labels
+    stream = augment.TrainStream(maker, split.train, labels, mode=config.augment,
+                                 batch_size=config.batch_size, seed=config.seed)
+    val_batches = lambda: augment.eval_batches(maker, split.val, config.eval_batch_size)  # noqa: E731
+    reporter = training.EpochReporter(labels[split.val], patience=config.patience,
+                                      log=lambda m, step: mlflow.log_metrics(m, step=step), trial=trial)
+    hyper = hyper_from(config, labels[split.train], len(data.class_names))
+    t_fit = time.perf_counter()
+    model = backend.fit(model, stream, val_batches, hyper, reporter)
+    fit_time = time.perf_counter() - t_fit
+
+    t_eval = time.perf_counter()
+    proba = backend.predict_proba(model, augment.eval_batches(maker, split.test, config.eval_batch_size))
+    eval_time = time.perf_counter() - t_eval
+    report = metrics.evaluate(labels[split.test], proba, data.class_names)
+    final = metrics.flat_metrics(report, "test")
+    val_report = metrics.evaluate(labels[split.val], backend.predict_proba(model, val_batches()), data.class_names)
+    final.update({"best_val_loss": reporter.best_val_loss, "best_val_accuracy": val_report["accuracy"]})
+    if config.tta:
+        tta = np.mean([backend.predict_proba(model, augment.eval_batches(maker, split.test, config.eval_batch_size, v))
+                       for v in range(augment.N_VIEWS)], axis=0)
+        tta_report = metrics.evaluate(labels[split.test], tta, data.class_names)
+        final.update({f"test_tta_{k}": tta_report[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")})
+    final.update(reporter.timing())
+    final.update({"fit_time_s": fit_time, "test_inference_images_per_s": split.test.size / max(eval_time, 1e-9),
+                  "peak_host_memory_mb": system.peak_rss_mb(), **backend.device_stats()})
+    mlflow.log_metrics(final)
+
+    with tracking.artifact_dir() as out:
+        _write_artifacts(out, config, data, split, spec, report, proba, reporter, digest)
+    if config.log_model:
+        example = maker.batch(split.test[: min(4, split.test.size)])
+        uri = backend.log_model(model, "model", example)
+        mlflow.set_tag("model_uri", uri)
+    return final
+
+
+def _log_dataset(mlflow, data: registry.Dataset, digest: str) -> None:
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    record = registry.DATASETS.get(data.name)
+    uri = record.urls[0] if record and record.urls else str(Path(data.path).resolve())
+    try:
+        source = resolve_dataset_source(uri)
+    except Exception:  # an unusual path: lineage without a resolvable source is still lineage
+        source = resolve_dataset_source(Path(data.path).resolve().as_uri())
+    mlflow.log_input(MetaDataset(source, name=f"{Path(data.name).stem}/{data.scheme}", digest=digest), context="training")
+
+
+def _write_artifacts(out: Path, config, data, split, spec, report, proba, reporter, digest) -> None:
+    import pandas as pd
+    import yaml
+
+    title = f"{config.model} {config.backend} on {Path(data.name).stem} ({data.scheme}, band {config.band})"
+    plots.confusion_matrix(report, out / "confusion_matrix.png", normalised=True, title=f"{title}: recall")
+    plots.confusion_matrix(report, out / "confusion_matrix_counts.png", normalised=False, title=f"{title}: counts")
+    plots.learning_curves(reporter.history, out / "learning_curves.png", title=title)
+    (out / "classification_report.json").write_text(json.dumps(report, indent=2))
+    test_rows = data.rows[split.test]
+    pred = proba.argmax(axis=1)
+    frame = pd.DataFrame({
+        "row": test_rows,
+        "galaxy": data.groups[split.test] if data.groups is not None else test_rows,
+        "true": [data.class_names[i] for i in data.labels[split.test]],
+        "predicted": [data.class_names[i] for i in pred],
+        "correct": pred == data.labels[split.test],
+        **{f"p_{metrics.metric_safe(n)}": proba[:, i] for i, n in enumerate(data.class_names)},
+    })
+    frame.to_csv(out / "predictions.csv", index=False)
+    splits.save(split, data.rows, out / "splits.json", dataset_digest=digest,
+                extra={"dataset": config.dataset, "scheme": data.scheme, "max_images": config.max_images})
+    (out / "config.yaml").write_text(yaml.safe_dump({**config.to_dict(), "resolved": {
+        "scheme": data.scheme, "class_names": list(data.class_names), "input_shape": list(spec.input_shape),
+        "trainable_params": spec.trainable_params, "dataset_digest": digest}}, sort_keys=False))
+    pd.DataFrame([r.__dict__ for r in reporter.history]).to_csv(out / "history.csv", index=False)

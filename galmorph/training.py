@@ -1,0 +1,148 @@
+"""Backend-neutral training semantics: optimiser settings, class weights, and the one
+per-epoch reporter that both backends call (metrics, early stopping, Optuna pruning).
+
+A backend's fit loop does only this per epoch: train on the stream's batches, measure its
+own train loss/accuracy, predict validation probabilities, and call
+`reporter.end_epoch(...)`, whose decision says whether the weights improved (snapshot
+them) and whether to stop. Everything that could drift between backends lives here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from galmorph import metrics
+from galmorph.errors import GalmorphError
+
+# Constants both backends use, so that the two builds of a network are the same network.
+ADAM_EPSILON = 1e-7
+ADAM_BETAS = (0.9, 0.999)
+SGD_MOMENTUM = 0.9
+ADADELTA_RHO = 0.95
+BN_MOMENTUM = 0.9  # Keras convention: running = m * running + (1 - m) * batch  (torch: 1 - m)
+BN_EPSILON = 1e-3
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """What a backend needs to fit, beyond the network spec."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    class_weight: tuple[float, ...] | None = None
+    seed: int = 0
+    threads: int = 0
+    eval_batch_size: int = 512
+
+
+def balanced_class_weight(labels: np.ndarray, n_classes: int) -> tuple[float, ...]:
+    """n / (K * count_k) per class (sklearn's 'balanced'); absent classes get weight 0."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    with np.errstate(divide="ignore"):
+        w = np.where(counts > 0, labels.size / (n_classes * counts), 0.0)
+    return tuple(float(x) for x in w)
+
+
+class Pruned(Exception):
+    """Raised by the reporter when an Optuna trial should stop (becomes optuna.TrialPruned)."""
+
+
+@dataclass
+class Decision:
+    improved: bool
+    stop: bool
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    epoch_time_s: float
+    train_images_per_s: float
+
+
+@dataclass
+class EpochReporter:
+    """Called once per epoch by every backend.
+
+    Computes validation loss/accuracy from probabilities (one implementation for both
+    backends), logs the epoch's metrics through `log` (e.g. mlflow.log_metrics), applies
+    early stopping on validation loss, and reports `prune_metric` to an Optuna trial,
+    raising `Pruned` when the pruner says so.
+    """
+
+    val_labels: np.ndarray
+    patience: int = 0
+    log: object = None  # callable(metrics: dict, step: int)
+    trial: object = None  # optuna.Trial or None
+    prune_metric: str = "val_accuracy"
+    history: list[EpochRecord] = field(default_factory=list)
+    best_val_loss: float = math.inf
+    best_epoch: int = -1
+    _since_best: int = 0
+    _t0: float | None = None
+
+    def start_epoch(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds since start_epoch(): the training part of the epoch, before validation."""
+        return time.perf_counter() - self._t0
+
+    def end_epoch(self, epoch: int, train_loss: float, train_accuracy: float, val_proba: np.ndarray,
+                  n_train_images: int, epoch_time_s: float | None = None) -> Decision:
+        if epoch_time_s is None:
+            if self._t0 is None:
+                raise RuntimeError("call start_epoch() before end_epoch() or pass epoch_time_s")
+            epoch_time_s = time.perf_counter() - self._t0
+        val_loss = metrics.cross_entropy(self.val_labels, val_proba)
+        val_acc = metrics.accuracy(self.val_labels, val_proba)
+        rec = EpochRecord(epoch, float(train_loss), float(train_accuracy), val_loss, val_acc,
+                          float(epoch_time_s), n_train_images / max(epoch_time_s, 1e-9))
+        self.history.append(rec)
+        if self.log is not None:
+            self.log({k: v for k, v in rec.__dict__.items() if k != "epoch"}, epoch)
+        if not math.isfinite(rec.train_loss):
+            raise GalmorphError(
+                f"training diverged (loss {rec.train_loss}) in epoch {epoch}; lower the learning rate"
+            )
+        improved = val_loss < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_epoch, self._since_best = val_loss, epoch, 0
+        else:
+            self._since_best += 1
+        if self.trial is not None:
+            value = getattr(rec, self.prune_metric, None)
+            if value is None:
+                raise GalmorphError(
+                    f"cannot prune on {self.prune_metric!r}: the reporter records "
+                    f"{', '.join(k for k in rec.__dict__ if k != 'epoch')}"
+                )
+            self.trial.report(value, epoch)
+            if self.trial.should_prune():
+                raise Pruned(f"pruned at epoch {epoch} ({self.prune_metric}={value:.4f})")
+        stop = self.patience > 0 and self._since_best >= self.patience
+        return Decision(improved, stop)
+
+    def timing(self) -> dict[str, float]:
+        """First epoch (warm-up, graph building) apart from the steady-state epochs."""
+        if not self.history:
+            return {}
+        out = {"first_epoch_time_s": self.history[0].epoch_time_s,
+               "epochs_run": float(len(self.history)), "best_epoch": float(self.best_epoch)}
+        steady = self.history[1:]
+        if steady:
+            out["steady_epoch_time_s"] = float(np.mean([r.epoch_time_s for r in steady]))
+            out["steady_train_images_per_s"] = float(np.mean([r.train_images_per_s for r in steady]))
+        return out
