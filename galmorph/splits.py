@@ -112,13 +112,19 @@ def stratified_subset(labels: np.ndarray, max_images: int, seed: int = 0) -> np.
         return np.arange(labels.size)
     rng = np.random.default_rng([seed, 7])
     classes, counts = np.unique(labels, return_counts=True)
-    quota = np.maximum(np.minimum(counts, 3), np.floor(counts * max_images / labels.size)).astype(int)
-    # hand out what rounding left over to the largest remainders
-    left = max_images - quota.sum()
-    if left > 0:
-        frac = counts * max_images / labels.size - np.floor(counts * max_images / labels.size)
-        for i in np.argsort(-frac)[:left]:
-            quota[i] = min(quota[i] + 1, counts[i])
+    exact = counts * max_images / labels.size
+    floor = np.minimum(counts, 3)
+    quota = np.maximum(floor, np.floor(exact)).astype(int)
+    # rounding and the 3-image floor rarely hit the budget exactly: take the excess from the
+    # classes furthest above their share, hand any shortfall to the largest remainders
+    while quota.sum() > max_images and (quota > floor).any():
+        over = np.where(quota > floor, quota - exact, -np.inf)
+        quota[np.argmax(over)] -= 1
+    for i in np.argsort(-(exact - np.floor(exact))):
+        if quota.sum() >= max_images:
+            break
+        if quota[i] < counts[i]:
+            quota[i] += 1
     keep = [rng.choice(np.flatnonzero(labels == c), size=q, replace=False) for c, q in zip(classes, quota)]
     return np.sort(np.concatenate(keep))
 

