@@ -39,7 +39,18 @@ def cpu_count() -> int:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB."""
+    """Peak resident memory of this process so far, in MiB.
+
+    Read from /proc/self/status (VmHWM) where it exists: getrusage's ru_maxrss also counts
+    the parent's peak, which Linux carries across fork and exec (e.g. the `mlflow run` CLI's).
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -191,17 +191,22 @@ def test_ctrl_c_mid_training_leaves_the_run_killed(tracking_uri):
                              "--epochs", "200", "--patience", "0", "--experiment", "interrupt"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = mlflow.MlflowClient()
-    deadline = time.time() + 300
-    run = None
-    while time.time() < deadline:
-        exp = client.get_experiment_by_name("interrupt")
-        runs = client.search_runs([exp.experiment_id]) if exp else []
-        if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
-            run = runs[0]
-            break
-        time.sleep(0.5)
-    assert run is not None, "training never logged an epoch"
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    try:
+        deadline = time.time() + 300
+        run = None
+        while time.time() < deadline and proc.poll() is None:
+            exp = client.get_experiment_by_name("interrupt")
+            runs = client.search_runs([exp.experiment_id]) if exp else []
+            if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
+                run = runs[0]
+                break
+            time.sleep(0.5)
+        assert run is not None, "training never logged an epoch"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, stderr[-2000:]
     assert client.get_run(run.info.run_id).info.status == "KILLED"
