@@ -10,14 +10,13 @@ the source file, so a saved split can be reused by a later run (and by the other
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from galmorph.errors import GalmorphError
+from galmorph.io import atomic_write
 
 SPLITS = ("train", "val", "test")
 
@@ -132,7 +131,6 @@ def stratified_subset(labels: np.ndarray, max_images: int, seed: int = 0) -> np.
 def save(split: Split, rows: np.ndarray, path: Path, *, dataset_digest: str, extra: dict | None = None) -> Path:
     """Write the split as JSON (source-file rows per split) atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "format": "galmorph-split-1",
         "dataset_digest": dataset_digest,
@@ -143,14 +141,7 @@ def save(split: Split, rows: np.ndarray, path: Path, *, dataset_digest: str, ext
         "rows": split.to_rows(rows),
         **(extra or {}),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda fh: json.dump(doc, fh))
     return path
 
 

@@ -16,7 +16,6 @@ import numpy as np
 from galmorph import augment, bands, metrics, plots, specs, splits, system, tracking, training
 from galmorph.config import TrainConfig
 from galmorph.data import registry
-from galmorph.errors import GalmorphError
 
 SYNTHETIC_DATA_SEED = 0  # the synthetic images stay the same whatever the training seed
 SUBSET_SEED = 0  # likewise the max_images subset: seeds vary the split and the weights only
@@ -31,8 +30,13 @@ class Prepared:
     maker: augment.BatchMaker
 
 
-def prepare(config: TrainConfig) -> Prepared:
-    """Load the dataset, apply scheme and max_images, make (or reuse) the split."""
+def prepare(config: TrainConfig, *, merge_val_into_train: bool = False) -> Prepared:
+    """Load the dataset, apply scheme and max_images, make (or reuse) the split.
+
+    merge_val_into_train: train on train+validation (the final retrain after a study,
+    galmorph.tune.retrain); the test split is unchanged, and the validation images stay as
+    the split's `val`, so the run's val_* metrics are then measured on trained-on images.
+    """
     data = registry.load(
         config.dataset, config.scheme, schemes_file=config.schemes_file or None,
         synthetic_n=config.synthetic_n, synthetic_noise=config.synthetic_noise, seed=SYNTHETIC_DATA_SEED,
@@ -44,6 +48,10 @@ def prepare(config: TrainConfig) -> Prepared:
     else:
         split = splits.stratified(data.labels, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                                   seed=config.seed, groups=data.groups, class_names=data.class_names)
+    if merge_val_into_train:
+        import dataclasses
+
+        split = dataclasses.replace(split, train=np.sort(np.concatenate([split.train, split.val])))
     maker = augment.BatchMaker(data.images, bands.channels(config.band), config.crop_fraction)
     return Prepared(data, split, maker)
 
@@ -54,28 +62,37 @@ def hyper_from(config: TrainConfig, train_labels: np.ndarray, n_classes: int) ->
         epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
         optimizer=config.optimizer, weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
         class_weight=cw, seed=config.seed, threads=config.threads, eval_batch_size=config.eval_batch_size,
+        precision=config.precision, compile=config.compile, channels_last=config.channels_last,
+        loader_workers=config.loader_workers, prefetch=config.prefetch, pin_memory=config.pin_memory,
+        devices=config.devices,
     )
 
 
 def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, nested: bool = False,
-        extra_tags: dict | None = None) -> dict:
+        extra_tags: dict | None = None, after_fit=None) -> dict:
     """Train, evaluate and log one run; return its final metrics (test_* and timings).
+
+    `after_fit(backend, model, prepared)`, if given, is called with the trained model (best
+    weights restored) inside the run, e.g. to predict other images (galmorph.hierarchy).
 
     Under `mlflow run` the run that MLflow created is continued. Bad settings end the run
     FAILED with the reason in the `failure_reason` tag, before any training.
     """
     import mlflow
 
+    launched = _data_parallel(config)
+    if launched is not None:
+        return launched
     tracking.configure(config.experiment)
     tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset,
             "scheme": config.scheme, **(extra_tags or {})}
     name = config.run_name or f"{config.model}-{config.backend}-{Path(config.dataset).stem}"
     with tracking.run(name, nested=nested, tags=tags, system_metrics=not nested) as active:
         config.validate()
-        return _run(config, active, prepared, trial, mlflow)
+        return _run(config, active, prepared, trial, mlflow, after_fit)
 
 
-def _run(config, active, prepared, trial, mlflow) -> dict:
+def _run(config, active, prepared, trial, mlflow, after_fit=None) -> dict:
     from galmorph import backends
 
     tracking.log_params({**config.to_dict(), **{f"version_{k}": v for k, v in system.library_versions().items()}})
@@ -97,22 +114,22 @@ def _run(config, active, prepared, trial, mlflow) -> dict:
     data_time = time.perf_counter() - t_data
 
     backend = backends.get(config.backend)
-    info = backend.setup(config.seed, config.threads)
+    info = backend.setup(config.seed, config.threads, config.devices)
     tracking.log_params({"device": info["device"], "device_name": info["device_name"], "framework": info["framework"],
                          "cpu_threads": config.threads or system.cpu_count()})
-    model = backend.build(spec)
+    hyper = hyper_from(config, data.labels[split.train], len(data.class_names))
+    tracking.log_params(backend.resolved(hyper))
+    model = backend.build(spec, hyper)
     trainable, total = backend.count_params(model)
     if trainable != spec.trainable_params:
         raise RuntimeError(f"{config.backend} built {trainable} trainable parameters, the spec has {spec.trainable_params}")
     mlflow.log_metrics({"trainable_params": trainable, "total_params": total, "data_prep_time_s": data_time})
 
     labels = data.labels
-    stream = augment.TrainStream(maker, split.train, labels, mode=config.augment,
-                                 batch_size=config.batch_size, seed=config.seed)
+    stream = train_stream(config, prepared)
     val_batches = lambda: augment.eval_batches(maker, split.val, config.eval_batch_size)  # noqa: E731
     reporter = training.EpochReporter(labels[split.val], patience=config.patience,
                                       log=lambda m, step: mlflow.log_metrics(m, step=step), trial=trial)
-    hyper = hyper_from(config, labels[split.train], len(data.class_names))
     t_fit = time.perf_counter()
     model = backend.fit(model, stream, val_batches, hyper, reporter)
     fit_time = time.perf_counter() - t_fit
@@ -133,14 +150,55 @@ def _run(config, active, prepared, trial, mlflow) -> dict:
     final.update({"fit_time_s": fit_time, "test_inference_images_per_s": split.test.size / max(eval_time, 1e-9),
                   "peak_host_memory_mb": system.peak_rss_mb(), **backend.device_stats()})
     mlflow.log_metrics(final)
+    backend.finish(final)
 
     with tracking.artifact_dir() as out:
         _write_artifacts(out, config, data, split, spec, report, proba, reporter, digest)
+    if config.explain:
+        from galmorph import explain
+
+        explain.log_explanations(backend, model, prepared, config)
+    if after_fit is not None:
+        after_fit(backend, model, prepared)
     if config.log_model:
         example = maker.batch(split.test[: min(4, split.test.size)])
         uri = backend.log_model(model, "model", example)
         mlflow.set_tag("model_uri", uri)
     return final
+
+
+def train_stream(config: TrainConfig, prepared: Prepared) -> augment.TrainStream:
+    """The training batches of a run (the global batch when data-parallel)."""
+    return augment.TrainStream(prepared.maker, prepared.split.train, prepared.data.labels, mode=config.augment,
+                               batch_size=config.batch_size, seed=config.seed)
+
+
+def _data_parallel(config: TrainConfig) -> dict | None:
+    """Multi-process data-parallel runs (PyTorch under torchrun; Keras needs none).
+
+    In the launching process: start the replicas and return rank 0's metrics. In a replica
+    other than rank 0: train in step with rank 0 without any tracking, return {}. Rank 0
+    (and every single-process run) gets None and runs the tracked path.
+    """
+    if config.devices <= 1:
+        return None
+    from galmorph import backends
+
+    config.validate()
+    backend = backends.get(config.backend)
+    metrics = backend.launch(config.to_argv(), config.devices)
+    if metrics is not None or backend.replica()[0] == 0:
+        return metrics
+    prepared = prepare(config)
+    data, split = prepared.data, prepared.split
+    spec = specs.resolve(config.model, prepared.maker.input_shape, len(data.class_names), **config.arch_kwargs())
+    backend.setup(config.seed, config.threads, config.devices)
+    hyper = hyper_from(config, data.labels[split.train], len(data.class_names))
+    model = backend.build(spec, hyper)
+    reporter = training.EpochReporter(data.labels[split.val], patience=config.patience)
+    backend.fit(model, train_stream(config, prepared), lambda: iter(()), hyper, reporter)
+    backend.finish({})
+    return {}
 
 
 def _log_dataset(mlflow, data: registry.Dataset, digest: str) -> None:

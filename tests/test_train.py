@@ -8,9 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import MISSING, fields
+from dataclasses import fields
 
-import numpy as np
 import pytest
 import yaml
 

@@ -8,14 +8,13 @@ optionally an attribute `class_names` and per-galaxy datasets such as `id`/`obji
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from galmorph.errors import GalmorphError
+from galmorph.io import atomic_path
 
 ID_KEYS = ("id", "objid", "galaxy_id")
 
@@ -93,10 +92,7 @@ def write(path: Path, images: np.ndarray, labels: np.ndarray, class_names=None, 
     import h5py
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as fh:
             fh.create_dataset("images", data=images, chunks=(1,) + images.shape[1:])
             fh.create_dataset("ans", data=labels)
@@ -104,10 +100,6 @@ def write(path: Path, images: np.ndarray, labels: np.ndarray, class_names=None, 
                 fh.attrs["class_names"] = list(class_names)
             for key, value in extra.items():
                 fh.create_dataset(key, data=value)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -45,7 +45,6 @@ Prepared once by `prepare()`, which writes a Galaxy10-style HDF5 file plus a man
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -65,6 +64,8 @@ import numpy as np
 import requests
 
 from galmorph.errors import GalmorphError
+from galmorph.data.download import sha256_file
+from galmorph.io import atomic_write, publish
 
 log = logging.getLogger(__name__)
 
@@ -584,8 +585,8 @@ def prepare(out: Path | None = None, cache_dir: Path | None = None, *, cutout_ur
                 f"no cutout of the {n} galaxies could be fetched (reasons in {fail_csv}); "
                 f"check cutout_url ({cutout_url}) and the network, then run again"
             )
-        digest, size = _sha256(h5_tmp)
-        os.replace(h5_tmp, out)
+        digest, size = sha256_file(h5_tmp), h5_tmp.stat().st_size
+        publish(h5_tmp, out)
         h5_tmp = None
     finally:
         if h5_tmp is not None:
@@ -749,19 +750,7 @@ def _write_failures(path: Path, ids, ra, dec, failures: dict[int, str]):
 
 # --------------------------------------------------------------------------- helpers
 def _atomic_write(path: Path, write: Callable, *, text: bool, sync: bool = True):
-    """Write via `write(fh)` to a temp file in the same folder, then os.replace it onto `path`."""
-    path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w" if text else "wb", **({"newline": "", "encoding": "utf-8"} if text else {})) as fh:
-            write(fh)
-            if sync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, write, text=text, sync=sync)
 
 
 def _ensure_writable_dir(path: Path, what: str):
@@ -773,15 +762,6 @@ def _ensure_writable_dir(path: Path, what: str):
     except OSError as exc:
         raise GalmorphError(f"cannot write to the {what} {path} ({exc.strerror or type(exc).__name__}); "
                             "pass a writable folder") from exc
-
-
-def _sha256(path: Path) -> tuple[str, int]:
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-            size += len(block)
-    return h.hexdigest(), size
 
 
 def _read_json(path: Path) -> dict:
