@@ -146,6 +146,8 @@ def main(argv=None) -> int:
     tiny = args.tiny
     images, _ = synthetic.generate(200 if tiny else 2000, 69, seed=0)
     results: dict = {"tiny": tiny}
+    say = lambda text="": print(text, flush=True)  # noqa: E731  (sections appear as they finish)
+    say(f"# data pipeline benchmark{' (tiny)' if tiny else ''}: {os.cpu_count()} CPU(s)\n")
 
     # 1. pipeline vs training
     train = c2_training_rate(images, 64, 2 if tiny else 15)
@@ -154,9 +156,18 @@ def main(argv=None) -> int:
     results["c2_train_images_per_s"] = train
     results["pipeline_images_per_s"] = rates
     results["pipeline_over_training"] = {k: v / train for k, v in rates.items()}
+    say(f"C2 training (PyTorch, CPU, 63x63x1, batch 64): {train:,.0f} images/s\n")
+    say("| augment/band | batches (images/s) | pipeline / C2 training |")
+    say("|---|---:|---:|")
+    for k, v in rates.items():
+        say(f"| {k} | {v:,.0f} | {v / train:,.1f}x |")
 
     # 2. peak memory at Galaxy10 size
     results["peak_memory"] = peak_memory(400 if tiny else 21_785)
+    say("\n| mode (gri, batch 400, 1 epoch) | images streamed | peak RSS (MB) |")
+    say("|---|---:|---:|")
+    for m in results["peak_memory"]:
+        say(f"| {m['mode']} | {m['images_streamed']:,} | {m['peak_rss_mb']:,.0f} |")
 
     # 3. PHYS449 loader vs galmorph over one epoch of the same images (110x110 g band)
     n = 100 if tiny else 2000
@@ -170,19 +181,8 @@ def main(argv=None) -> int:
     t_ours = galmorph_epoch(big, 32)
     results["phys449_epoch_s"], results["galmorph_epoch_s"] = t_phys, t_ours
     results["speedup_vs_phys449"] = t_phys / t_ours
-
-    print(f"# data pipeline benchmark{' (tiny)' if tiny else ''}: {os.cpu_count()} CPU(s)\n")
-    print(f"C2 training (PyTorch, CPU, 63x63x1, batch 64): {train:,.0f} images/s\n")
-    print("| augment/band | batches (images/s) | pipeline / C2 training |")
-    print("|---|---:|---:|")
-    for k, v in rates.items():
-        print(f"| {k} | {v:,.0f} | {v / train:,.1f}x |")
-    print("\n| mode (gri, batch 400, 1 epoch) | images streamed | peak RSS (MB) |")
-    print("|---|---:|---:|")
-    for m in results["peak_memory"]:
-        print(f"| {m['mode']} | {m['images_streamed']:,} | {m['peak_rss_mb']:,.0f} |")
-    print(f"\nPHYS449 loader: {t_phys:.2f} s/epoch; galmorph: {t_ours:.4f} s/epoch over the same {n} "
-          f"110x110 images -> {t_phys / t_ours:,.0f}x faster")
+    say(f"\nPHYS449 loader: {t_phys:.2f} s/epoch; galmorph: {t_ours:.4f} s/epoch over the same {n} "
+        f"110x110 images -> {t_phys / t_ours:,.0f}x faster")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
