@@ -20,10 +20,17 @@ def redact(value) -> str:
 
 
 def configure(experiment: str) -> None:
-    """Use `experiment` unless `mlflow run` already chose the run (MLFLOW_RUN_ID)."""
+    """Use `experiment`, unless a run is already chosen: by `mlflow run` (MLFLOW_RUN_ID) or by
+    an active parent run, whose nested runs belong in its experiment.
+
+    (MLflow 3 deletes MLFLOW_RUN_ID from the environment once start_run has used it, so
+    inside a run started that way only the active run tells. MLFLOW_EXPERIMENT_ID alone is
+    no sign of `mlflow run`: set_experiment exports it, so honouring it would pin every later
+    run of the process to the first experiment.)
+    """
     import mlflow
 
-    if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+    if not os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None:
         mlflow.set_experiment(experiment)
 
 
@@ -38,6 +45,9 @@ def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None 
     import mlflow
 
     kwargs = {"nested": nested, "tags": tags}
+    parent = mlflow.active_run()
+    if nested and parent is not None:  # a child lives in its parent's experiment
+        kwargs["experiment_id"] = parent.info.experiment_id
     if not nested and not os.environ.get("MLFLOW_RUN_ID"):
         kwargs["run_name"] = run_name or None
     if system_metrics:

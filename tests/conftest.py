@@ -26,12 +26,35 @@ def _isolated_cache(tmp_path_factory):
         os.environ["GALMORPH_CACHE"] = old
 
 
+# Variables that choose an MLflow run or experiment. MLflow 3's set_experiment exports
+# MLFLOW_EXPERIMENT_ID into os.environ, so a test that trains in-process would otherwise pin
+# every later child process (and `mlflow run --experiment-name`) to its experiment.
+RUN_CHOICE = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+def child_env(extra: dict | None = None) -> dict:
+    """This process's environment for a child process, with no MLflow run or experiment chosen."""
+    return {**{k: v for k, v in os.environ.items() if k not in RUN_CHOICE}, **(extra or {})}
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_run_choice():
+    """Put the run-choosing variables back as they were after every test."""
+    saved = {k: os.environ.get(k) for k in RUN_CHOICE}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def tracking_uri(tmp_path, monkeypatch):
     """A fresh SQLite MLflow store in tmp_path, for this process and its children."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+    for var in RUN_CHOICE:
         monkeypatch.delenv(var, raising=False)
     import mlflow
 
@@ -41,6 +64,28 @@ def tracking_uri(tmp_path, monkeypatch):
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+def check_entry_point(entry_point: dict, config_cls, skip: tuple = ()) -> None:
+    """An MLproject entry point exposes exactly config_cls's MLproject fields (but `skip`),
+    with the same defaults, each passed to the command as --<name> {<name>}."""
+    from dataclasses import fields
+
+    import pytest
+
+    expected = {f.name: f.default for f in fields(config_cls) if f.metadata.get("mlproject") and f.name not in skip}
+    params = entry_point["parameters"]
+    assert set(params) == set(expected), set(params) ^ set(expected)
+    for key, default in expected.items():
+        assert params[key]["type"] in ("string", "float"), key
+        got = params[key]["default"]
+        if isinstance(default, bool):
+            assert str(got).lower() == str(default).lower(), key
+        elif isinstance(default, (int, float)):
+            assert float(got) == pytest.approx(default), key
+        else:
+            assert str(got) == default, key
+        assert f"--{key.replace('_', '-')} {{{key}}}" in entry_point["command"], key
 
 
 def make_h5(path: Path, n: int = 60, size: int = 32, n_classes: int = 3, seed: int = 0, **extra) -> Path:
@@ -67,4 +112,4 @@ def run_python(code: str, env: dict | None = None, timeout: int = 600):
     import subprocess
 
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=REPO)
+                          env=child_env(env), cwd=REPO)

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import fields
 
 import pytest
 import yaml
 
 from galmorph.config import TrainConfig
 
-from conftest import REPO, run_python
+from conftest import REPO, check_entry_point, child_env, run_python
 
 ENTRY_POINTS = {"c1_keras": ("c1", "keras"), "c2_keras": ("c2", "keras"),
                 "c1_torch": ("c1", "torch"), "c2_torch": ("c2", "torch")}
@@ -30,19 +28,8 @@ ARTIFACTS = {"confusion_matrix.png", "confusion_matrix_counts.png", "learning_cu
 def test_mlproject_entry_points_share_the_train_config_parameters():
     spec = yaml.safe_load((REPO / "MLproject").read_text())
     eps = spec["entry_points"]
-    expected = {f.name: f.default for f in fields(TrainConfig) if f.metadata.get("mlproject") and f.name not in ("model", "backend")}
     for name, (model, backend) in {**ENTRY_POINTS, "main": ("c2", "keras")}.items():
-        params = eps[name]["parameters"]
-        assert set(params) == set(expected), name
-        for key, default in expected.items():
-            got = params[key]["default"]
-            if isinstance(default, bool):
-                assert str(got).lower() == str(default).lower(), key
-            elif isinstance(default, (int, float)):
-                assert float(got) == pytest.approx(default), key
-            else:
-                assert str(got) == default, key
-            assert f"--{key.replace('_', '-')} {{{key}}}" in eps[name]["command"], key
+        check_entry_point(eps[name], TrainConfig, skip=("model", "backend"))
         assert f"--model {model} --backend {backend}" in eps[name]["command"]
 
 
@@ -51,7 +38,7 @@ def _mlflow_run(entry_point: str, params: dict, env: dict, timeout: int = 900) -
            "--experiment-name", "smoke"]
     for k, v in params.items():
         cmd += ["-P", f"{k}={v}"]
-    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env}, timeout=timeout, cwd=REPO)
+    return subprocess.run(cmd, capture_output=True, text=True, env=child_env(env), timeout=timeout, cwd=REPO)
 
 
 @pytest.fixture(scope="module")
