@@ -65,8 +65,63 @@ def catalogue(schemes_file: str | None = None) -> dict:
 
 
 def names(key: str, schemes_file: str | None = None) -> list[str]:
+    """Declared schemes, then the class pairs of the default scheme (`4way:E-vs-Sp`, ...)."""
     entry = catalogue(schemes_file).get(key, {})
-    return ["native", *sorted(entry.get("schemes", {}))]
+    defs = entry.get("schemes", {})
+    default = entry.get("default", "native")
+    classes = (defs.get(default) or {}).get("classes")
+    pairs = pair_names(default, list(classes)) if isinstance(classes, dict) else []
+    return ["native", *sorted(defs), *pairs]
+
+
+# Derived schemes: `<base>:<group>-vs-<group>[-vs-...]`, a group being class names of the
+# base scheme joined by "/". `4way:E-vs-Sp` keeps E and Sp only (a binary pair);
+# `4way:E/S0-vs-Sp/Irr` merges classes (a node of a hierarchical classifier). `pair:` and
+# `default:` name the dataset's default scheme as the base.
+DERIVED, VS, MERGE = ":", "-vs-", "/"
+
+
+def pair_names(base: str, class_names) -> list[str]:
+    """Every one-vs-one derived scheme of `base` (the paper's binary classifiers)."""
+    from itertools import combinations
+
+    return [f"{base}{DERIVED}{a}{VS}{b}" for a, b in combinations(class_names, 2)]
+
+
+def derived_name(base: str, groups) -> str:
+    """The derived scheme name of `groups` (lists of base class names) over scheme `base`."""
+    return base + DERIVED + VS.join(MERGE.join(g) for g in groups)
+
+
+def regroup(class_names, groups) -> np.ndarray:
+    """int64 lookup: base class index -> group index, -1 for classes no group lists."""
+    class_names = [str(c) for c in class_names]
+    lut = np.full(len(class_names), -1, dtype=np.int64)
+    if len(groups) < 2:
+        raise GalmorphError(f"a derived scheme needs at least two groups separated by {VS!r}, got {list(groups)}")
+    for gi, group in enumerate(groups):
+        if not group:
+            raise GalmorphError(f"derived scheme group {gi + 1} is empty; name at least one class in it")
+        for name in group:
+            if name not in class_names:
+                raise GalmorphError(f"class {name!r} is not in the base scheme (classes: {', '.join(class_names)}); "
+                                    "use those names")
+            idx = class_names.index(name)
+            if lut[idx] >= 0:
+                raise GalmorphError(f"class {name!r} is in two groups of the derived scheme; list it once")
+            lut[idx] = gi
+    return lut
+
+
+def _derived(key: str, name: str, native_class_names, schemes_file) -> Scheme:
+    base_name, spec = name.split(DERIVED, 1)
+    base = get(key, "default" if base_name in ("", "pair", "default") else base_name, native_class_names, schemes_file)
+    groups = [[c.strip() for c in g.split(MERGE) if c.strip()] for g in spec.split(VS)]
+    lut = regroup(base.class_names, groups)
+    mapping = {native: int(lut[cls]) for native, cls in base.native_to_class.items() if lut[cls] >= 0}
+    classes = tuple(MERGE.join(g) for g in groups)
+    return Scheme(derived_name(base.name, groups), key, classes, mapping,
+                  f"{' vs '.join(classes)}, derived from scheme {base.name}")
 
 
 def get(key: str, name: str, native_class_names, schemes_file: str | None = None) -> Scheme:
@@ -75,6 +130,8 @@ def get(key: str, name: str, native_class_names, schemes_file: str | None = None
     entry = catalogue(schemes_file).get(key, {})
     if name == "default":
         name = entry.get("default", "native")
+    if DERIVED in name:
+        return _derived(key, name, native_class_names, schemes_file)
     if name == "native":
         return Scheme("native", key, native_class_names, {i: i for i in range(len(native_class_names))},
                       "every native class")

@@ -1,0 +1,177 @@
+"""One configuration repeated over several seeds, and sweeps of it over class schemes.
+
+`run(config, seeds)` opens a parent MLflow run (tag `galmorph.kind=multiseed`), trains one
+nested child run per seed through `galmorph.train.run` (or, with `hierarchy=`, one
+hierarchical classifier per seed through `galmorph.hierarchy.run`), and logs on the parent
+`<metric>_mean` and `<metric>_std` of every metric the children share (every `test_*`
+metric, best validation accuracy, timings) plus `n_seeds`, with `seeds.csv` (one row per
+seed: its child run and metrics) as an artifact. A seed changes the split, the augmentation
+order and the initial weights; the data (and a `max_images` subset) stay the same.
+
+`sweep(config, seeds, schemes)` does that for several schemes under one parent run
+(`galmorph.kind=sweep`); `expand_schemes` turns `pairs` / `pairs:<scheme>` into every class
+pair of a scheme (the paper's binary classifiers).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from galmorph import tracking
+from galmorph.config import TrainConfig
+from galmorph.errors import GalmorphError
+
+KIND_TAG = "galmorph.kind"
+PARENT_TAG = "galmorph.parent"
+
+
+def parse_seeds(text, first: int = 0) -> list[int]:
+    """`"3"` -> [first, first+1, first+2]; `"0,4,7"` -> exactly those seeds."""
+    text = str(text).strip()
+    try:
+        if "," in text:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        else:
+            n = int(float(text))
+            if n < 1:
+                raise GalmorphError(f"seeds must be a count of at least 1 or a list like 0,1,2; got {text!r}")
+            seeds = list(range(first, first + n))
+    except ValueError:
+        raise GalmorphError(f"seeds must be a count (3) or a comma-separated list (0,1,2); got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise GalmorphError(f"seeds must be distinct non-negative integers; got {text!r}")
+    return seeds
+
+
+def aggregate(results: list[dict]) -> dict[str, float]:
+    """`<key>_mean` and `<key>_std` of every finite numeric key all `results` share, and
+    `n_seeds`. The std is the sample standard deviation (ddof=1); 0 for a single result."""
+    if not results:
+        raise GalmorphError("nothing to aggregate: no run finished")
+    keys = set.intersection(*(set(r) for r in results))
+    out: dict[str, float] = {"n_seeds": float(len(results))}
+    for key in sorted(keys):
+        values = [r[key] for r in results]
+        if not all(isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) for v in values):
+            continue
+        arr = np.asarray(values, dtype=float)
+        if not np.all(np.isfinite(arr)):
+            continue
+        out[f"{key}_mean"] = float(arr.mean())
+        out[f"{key}_std"] = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return out
+
+
+def run(config: TrainConfig, seeds: list[int], *, hierarchy: str | None = None, nested: bool = False,
+        extra_tags: dict | None = None) -> dict[str, float]:
+    """Train `config` once per seed as nested runs of one parent run; return the aggregates."""
+    import mlflow
+
+    from galmorph import hierarchy as hier
+    from galmorph import train
+
+    tracking.configure(config.experiment)
+    scheme = hier.scheme_tag(hierarchy) if hierarchy else config.scheme
+    stem = Path(config.dataset).stem
+    name = config.run_name or f"{config.model}-{config.backend}-{stem}-{scheme}-x{len(seeds)}"
+    tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset, "scheme": scheme,
+            KIND_TAG: "multiseed", "seeds": ",".join(map(str, seeds)), **(extra_tags or {})}
+    with tracking.run(name, nested=nested, tags=tags, system_metrics=not nested) as parent:
+        config.validate()
+        if not seeds:
+            raise GalmorphError("no seeds given; pass --seeds 3 or --seeds 0,1,2")
+        params = {k: v for k, v in config.to_dict().items() if k != "seed"}
+        tracking.log_params({**params, "seeds": ",".join(map(str, seeds)), "n_seeds": len(seeds),
+                             "hierarchy": hierarchy or ""})
+        rows, results = [], []
+        for seed in seeds:
+            child = config.replace(seed=seed, run_name=f"{name}-seed{seed}")
+            # nested runs take their name from the mlflow.runName tag
+            child_tags = {PARENT_TAG: parent.info.run_id, "mlflow.runName": child.run_name}
+            if hierarchy:
+                metrics = hier.run(child, hierarchy, nested=True, extra_tags=child_tags)
+            else:
+                metrics = train.run(child, nested=True, extra_tags=child_tags)
+            done = _child(mlflow, parent.info, seed)
+            results.append(metrics)
+            rows.append({"seed": seed, "run_id": done.info.run_id, **metrics})
+            mlflow.set_tag("scheme", done.data.tags.get("scheme", scheme))  # resolved, e.g. default -> 4way
+            mlflow.log_metrics({"seeds_done": float(len(results))})
+        summary = aggregate(results)
+        mlflow.log_metrics(summary)
+        _log_table(rows, summary)
+        if "test_accuracy_mean" in summary:
+            mlflow.set_tag("test_accuracy", f"{summary['test_accuracy_mean']:.4f} +- {summary['test_accuracy_std']:.4f}")
+        return summary
+
+
+def expand_schemes(config: TrainConfig, text: str) -> list[str]:
+    """A comma-separated list of schemes; `pairs` / `pairs:<scheme>` expand to every class
+    pair of that scheme (default: the dataset's default), e.g. 4way:E-vs-S0, 4way:E-vs-Sp, ..."""
+    from galmorph import schemes
+
+    out: list[str] = []
+    for item in [s.strip() for s in str(text).split(",") if s.strip()] or [config.scheme]:
+        if item == "pairs" or item.startswith("pairs:"):
+            base = item.partition(":")[2] or "default"
+            data = _load(config, base)
+            out += schemes.pair_names(data.scheme, data.class_names)
+        else:
+            out.append(item)
+    if len(set(out)) != len(out):
+        raise GalmorphError(f"scheme list {text!r} names a scheme twice; list each once")
+    return out
+
+
+def sweep(config: TrainConfig, seeds: list[int], scheme_list: list[str]) -> dict[str, dict]:
+    """`run` for each scheme; several schemes share one parent run (`galmorph.kind=sweep`)."""
+    import mlflow
+
+    if len(scheme_list) == 1:
+        return {scheme_list[0]: run(config.replace(scheme=scheme_list[0]), seeds)}
+    tracking.configure(config.experiment)
+    name = config.run_name or f"{config.model}-{config.backend}-{Path(config.dataset).stem}-sweep"
+    tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset,
+            KIND_TAG: "sweep", "schemes": ",".join(scheme_list)[:5000]}
+    out = {}
+    with tracking.run(name, tags=tags) as parent:
+        config.validate()
+        tracking.log_params({"schemes": ",".join(scheme_list), "seeds": ",".join(map(str, seeds))})
+        for scheme in scheme_list:
+            cfg = config.replace(scheme=scheme, run_name="")
+            out[scheme] = run(cfg, seeds, nested=True,
+                              extra_tags={PARENT_TAG: parent.info.run_id, "mlflow.runName": f"{name}-{scheme}"})
+            acc = out[scheme].get("test_accuracy_mean")
+            if acc is not None and math.isfinite(acc):
+                from galmorph.metrics import metric_safe
+
+                mlflow.log_metric(f"test_accuracy_mean_{metric_safe(scheme)}", acc)
+    return out
+
+
+def _child(mlflow, parent, seed: int):
+    """The finished child run of `parent` (a RunInfo) for `seed`."""
+    (run,) = mlflow.MlflowClient().search_runs(
+        [parent.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.run_id}' and params.seed = '{seed}'")
+    return run
+
+
+def _load(config: TrainConfig, scheme: str):
+    from galmorph.data import registry
+    from galmorph.train import SYNTHETIC_DATA_SEED
+
+    return registry.load(config.dataset, scheme, schemes_file=config.schemes_file or None,
+                         synthetic_n=config.synthetic_n, synthetic_noise=config.synthetic_noise, seed=SYNTHETIC_DATA_SEED)
+
+
+def _log_table(rows: list[dict], summary: dict) -> None:
+    import json
+
+    import pandas as pd
+
+    with tracking.artifact_dir() as out:
+        pd.DataFrame(rows).to_csv(out / "seeds.csv", index=False)
+        (out / "multiseed.json").write_text(json.dumps(summary, indent=2))
