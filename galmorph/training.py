@@ -25,6 +25,20 @@ SGD_MOMENTUM = 0.9
 ADADELTA_RHO = 0.95
 BN_MOMENTUM = 0.9  # Keras convention: running = m * running + (1 - m) * batch  (torch: 1 - m)
 BN_EPSILON = 1e-3
+# "Precise BN" (Wu & Johnson 2021, Rethinking "Batch" in BatchNorm): before each validation,
+# batch-norm statistics are re-estimated with the epoch's final weights over this many
+# training batches (a plain average). The running averages otherwise lag the fast-moving
+# early weights: measured here, C2 on the synthetic set predicted one class in eval mode
+# after 2 epochs (25 % validation accuracy) while its batch statistics gave 65 %; with
+# re-estimated statistics, 71 %. Gradients and training are unchanged.
+BN_RECALIBRATION_BATCHES = 8
+
+
+def recalibration_batches(stream, epoch: int, n: int = BN_RECALIBRATION_BATCHES):
+    """The training images (float32 NHWC) both backends use to re-estimate BN statistics."""
+    plan = stream.plan(epoch)
+    for i in range(min(n, len(stream))):
+        yield stream.get(plan, i)[0]
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,26 @@ class Hyper:
     seed: int = 0
     threads: int = 0
     eval_batch_size: int = 512
+    # performance settings: meaning and `auto` rules in galmorph.acceleration
+    precision: str = "auto"
+    compile: str = "auto"
+    channels_last: str = "auto"
+    loader_workers: int = 0
+    prefetch: int = 4
+    pin_memory: str = "auto"
+    devices: int = 1
+
+
+def block_rates(run, steps: int, batch_images: int, warmup: int = 3, blocks: int = 1) -> list[float]:
+    """Images/s of `run(n)` (n training steps of `batch_images` images that return only once
+    the device is done) for each of `blocks` timed blocks of `steps` steps, after `warmup`."""
+    run(warmup)
+    rates = []
+    for _ in range(blocks):
+        t0 = time.perf_counter()
+        run(steps)
+        rates.append(steps * batch_images / (time.perf_counter() - t0))
+    return rates
 
 
 def balanced_class_weight(labels: np.ndarray, n_classes: int) -> tuple[float, ...]:

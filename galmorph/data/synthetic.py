@@ -47,7 +47,7 @@ import numpy as np
 from galmorph.errors import GalmorphError
 
 CLASS_NAMES: tuple[str, ...] = ("E", "S0", "Sp", "Irr")
-GENERATOR_VERSION = 1  # bump whenever the output for given settings changes (invalidates caches)
+GENERATOR_VERSION = 2  # bump whenever the output for given settings changes (invalidates caches)
 
 _E, _S0, _SP, _IRR = range(4)
 
@@ -340,7 +340,9 @@ def _params(labels, u, z, geo):
     p["m"] = np.where(m_weight < 0.5, 2, p["m"])  # grand-design two-armed spirals are the most common
     p["pitch"] = np.deg2rad(np.clip(11 + 22 * stage + 4 * z_stage[:, 2], 9.0, 38.0))
     p["phi0"] = d.uniform(0, 2 * np.pi)
-    p["f_arm"] = np.where(is_sp, np.clip(0.12 + 0.55 * stage + 0.1 * z_stage[:, 3], 0.06, 0.8), 0.0)
+    # Arms carry at least a quarter of the disk light: weaker arms, lost in one noisy band,
+    # made early spirals indistinguishable from S0s and capped g-band C2 near 82 %.
+    p["f_arm"] = np.where(is_sp, np.clip(0.25 + 0.5 * stage + 0.1 * z_stage[:, 3], 0.2, 0.8), 0.0)
     p["arm_w"] = d.uniform(1.0, 3.5)  # arm sharpness: ((1 + cos)/2)^w
     p["arm_mean"] = np.exp(np.array([math.lgamma(w + 0.5) - math.lgamma(w + 1) for w in p["arm_w"]])) / math.sqrt(np.pi)
     p["r_in"] = np.maximum(2.0 * p["re"], 0.6 * p["h"])

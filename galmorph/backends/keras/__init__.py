@@ -7,7 +7,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from galmorph.backends.keras.model import build, count_params  # noqa: E402
-from galmorph.backends.keras.train import device_stats, fit, log_model, predict_proba, setup  # noqa: E402
+from galmorph.backends.keras.train import (  # noqa: E402
+    device_stats, finish, fit, launch, log_model, predict_proba, replica, resolved, setup, step_rate)
 
 NAME = "keras"
-__all__ = ["NAME", "build", "count_params", "device_stats", "fit", "log_model", "predict_proba", "setup"]
+__all__ = ["NAME", "build", "count_params", "device_stats", "finish", "fit", "launch", "log_model", "predict_proba",
+           "replica", "resolved", "setup", "step_rate"]

@@ -2,30 +2,44 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 
 from galmorph import training
+from galmorph.backends.keras.train import policy, settings, strategy
 from galmorph.specs import NetworkSpec
 
 
 def build(spec: NetworkSpec, hyper=None) -> keras.Model:
-    """A keras.Model taking float32 NHWC images and returning class probabilities (softmax)."""
+    """A keras.Model taking float32 NHWC images and returning float32 class probabilities.
+
+    Built in hyper's precision (a mixed dtype policy on every layer but the softmax output)
+    and under its tf.distribute strategy (see train.strategy), which fit() then trains in.
+    """
+    s = settings(hyper)
+    scope = strategy(s.devices)
+    with scope.scope() if scope is not None else contextlib.nullcontext():
+        return _build(spec, policy(s.precision))
+
+
+def _build(spec: NetworkSpec, dtype) -> keras.Model:
     inputs = keras.Input(shape=spec.input_shape, name="image")
     x = inputs
     for i, layer in enumerate(spec.layers):
         name = f"{layer.type}{i}"
         if layer.type == "conv":
-            x = keras.layers.Conv2D(layer.filters, layer.kernel, padding="valid", activation="relu", name=name)(x)
+            x = keras.layers.Conv2D(layer.filters, layer.kernel, padding="valid", activation="relu", name=name, dtype=dtype)(x)
         elif layer.type == "bn":
-            x = keras.layers.BatchNormalization(momentum=training.BN_MOMENTUM, epsilon=training.BN_EPSILON, name=name)(x)
+            x = keras.layers.BatchNormalization(momentum=training.BN_MOMENTUM, epsilon=training.BN_EPSILON, name=name, dtype=dtype)(x)
         elif layer.type == "maxpool":
-            x = keras.layers.MaxPooling2D(layer.size, name=name)(x)
+            x = keras.layers.MaxPooling2D(layer.size, name=name, dtype=dtype)(x)
         elif layer.type == "flatten":
-            x = keras.layers.Flatten(name=name)(x)
+            x = keras.layers.Flatten(name=name, dtype=dtype)(x)
         elif layer.type == "dropout":
-            x = keras.layers.Dropout(layer.rate, name=name)(x)
+            x = keras.layers.Dropout(layer.rate, name=name, dtype=dtype)(x)
         elif layer.type == "dense":
-            x = keras.layers.Dense(layer.units, activation="relu", name=name)(x)
+            x = keras.layers.Dense(layer.units, activation="relu", name=name, dtype=dtype)(x)
         elif layer.type == "output":
             x = keras.layers.Dense(layer.units, activation="softmax", name="probabilities", dtype="float32")(x)
     return keras.Model(inputs, x, name=spec.name)
@@ -34,3 +48,4 @@ def build(spec: NetworkSpec, hyper=None) -> keras.Model:
 def count_params(model: keras.Model) -> tuple[int, int]:
     trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
     return trainable, int(model.count_params())
+

@@ -1,5 +1,11 @@
-"""Keras fitting: model.fit on a PyDataset of galmorph batches, with a callback that calls
-the neutral per-epoch reporter (early stopping and pruning decided there)."""
+"""Keras fitting: model.fit on a tf.data pipeline of galmorph batches, with a callback that
+calls the neutral per-epoch reporter (early stopping and pruning decided there).
+
+Performance settings (galmorph.acceleration decides what `auto` means): a mixed_bfloat16 /
+mixed_float16 dtype policy (fp16 with a LossScaleOptimizer), XLA (jit_compile), batches made
+by tf.data worker threads ahead of the step, and a tf.distribute strategy: OneDeviceStrategy
+on one GPU (its dataset prefetches to the GPU), MirroredStrategy over several.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,15 @@ import os
 import keras
 import numpy as np
 
-from galmorph import system, training
+from galmorph import acceleration, system, training
+
+POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+_STRATEGIES: dict = {}
 
 
-def setup(seed: int, threads: int = 0) -> dict:
+def setup(seed: int, threads: int = 0, devices: int = 1) -> dict:
+    """Seed and threads; without GPUs and with devices > 1, split the CPU into that many
+    logical devices (CPU replicas for testing MirroredStrategy)."""
     import tensorflow as tf
 
     threads = threads or system.cpu_count()
@@ -21,6 +32,12 @@ def setup(seed: int, threads: int = 0) -> dict:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
         except RuntimeError:  # already initialised in this process
+            pass
+    if devices > 1 and not tf.config.list_physical_devices("GPU"):
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        try:
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+        except RuntimeError:  # already initialised: keep what is there
             pass
     keras.utils.set_random_seed(seed)
     gpus = tf.config.list_physical_devices("GPU")
@@ -38,6 +55,76 @@ def setup(seed: int, threads: int = 0) -> dict:
     return info
 
 
+def _gpus() -> list:
+    import tensorflow as tf
+
+    return tf.config.list_physical_devices("GPU")
+
+
+def _bf16_supported(gpus) -> bool:
+    import tensorflow as tf
+
+    cc = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") if gpus else None
+    return bool(cc) and cc[0] >= 8  # Ampere and later
+
+
+def settings(hyper: training.Hyper | None) -> acceleration.Settings:
+    gpus = _gpus()
+    return acceleration.resolve(hyper or training.Hyper(1, 1, 1e-3), on_gpu=bool(gpus),
+                                bf16_supported=_bf16_supported(gpus))
+
+
+def resolved(hyper: training.Hyper) -> dict:
+    """The performance settings this backend applies for `hyper`, for logging (Keras
+    convolutions are NHWC whatever channels_last says; pinned copies are tf.data's own)."""
+    s = settings(hyper)
+    return {**s.as_params(), "channels_last_resolved": True, "pin_memory_resolved": False}
+
+
+def policy(precision: str) -> "keras.DTypePolicy":
+    return keras.DTypePolicy(POLICIES[precision])
+
+
+def strategy(devices: int):
+    """The tf.distribute strategy to build and train under, or None for Keras's default (CPU).
+
+    One GPU: OneDeviceStrategy, whose distributed dataset prefetches batches to the GPU.
+    Several: MirroredStrategy over the first `devices` GPUs, or over `devices` logical CPUs
+    (see setup) where there is no GPU. One strategy object per device count and process.
+    """
+    import tensorflow as tf
+
+    gpus = _gpus()
+    if devices <= 1 and not gpus:
+        return None
+    if devices not in _STRATEGIES:
+        if gpus and len(gpus) < devices:
+            from galmorph.errors import GalmorphError
+
+            raise GalmorphError(f"devices={devices} but only {len(gpus)} GPUs are visible")
+        if devices <= 1:
+            _STRATEGIES[devices] = tf.distribute.OneDeviceStrategy("/gpu:0")
+        else:
+            kind = "GPU" if gpus else "CPU"
+            names = [d.name for d in tf.config.list_logical_devices(kind)][:devices]
+            _STRATEGIES[devices] = tf.distribute.MirroredStrategy(names)
+    return _STRATEGIES[devices]
+
+
+def replica() -> tuple[int, int]:
+    """(rank, world size) of this process: Keras trains all devices from one process."""
+    return 0, 1
+
+
+def launch(argv: list[str], devices: int) -> dict | None:
+    """Keras needs no launcher (MirroredStrategy runs in this process): always None."""
+    return None
+
+
+def finish(metrics: dict) -> None:
+    """End of a run in this process (nothing to hand over in Keras)."""
+
+
 def _optimizer(hyper: training.Hyper):
     wd = hyper.weight_decay or None  # Keras applies weight_decay decoupled, for every optimiser
     lr = hyper.learning_rate
@@ -51,35 +138,48 @@ def _optimizer(hyper: training.Hyper):
     raise ValueError(hyper.optimizer)
 
 
-class _Batches(keras.utils.PyDataset):
-    """One training epoch of a galmorph TrainStream; a new shuffled plan each epoch."""
+def dataset(stream, n_classes: int, epochs: int, s: acceleration.Settings):
+    """Every training batch of `epochs` epochs as one tf.data pipeline of (x, one-hot y).
 
-    def __init__(self, stream, n_classes: int):
-        super().__init__(workers=2, use_multiprocessing=False, max_queue_size=4)
-        self.stream = stream
-        self.n_classes = n_classes
-        self.epoch = 0
-        self._plan = stream.plan(0)
-        self._eye = np.eye(n_classes, dtype=np.float32)
+    Element k is batch k % len(stream) of epoch k // len(stream): exactly TrainStream.get of
+    that epoch's plan, whatever the number of worker threads (deterministic map). Keras keeps
+    one iterator across epochs when steps_per_epoch is given, so the plan follows the epoch.
+    """
+    import tensorflow as tf
 
-    def __len__(self):
-        return len(self.stream)
+    n = len(stream)
+    eye = np.eye(n_classes, dtype=np.float32)
+    plans: dict = {}
 
-    def __getitem__(self, i):
-        x, y = self.stream.get(self._plan, i)
-        return x, self._eye[y]
+    def make(k):
+        epoch, i = divmod(int(k), n)
+        plan = plans.get(epoch)
+        if plan is None:  # the same plan whichever worker computes it first
+            plan = plans[epoch] = stream.plan(epoch)
+            plans.pop(epoch - 2, None)
+        x, y = stream.get(plan, i)
+        return x, eye[y]
 
-    def on_epoch_end(self):
-        self.epoch += 1
-        self._plan = self.stream.plan(self.epoch)
+    shape = (None, *stream.maker.input_shape)
+
+    def load(k):
+        x, y = tf.numpy_function(make, [k], (tf.float32, tf.float32), name="galmorph_batch")
+        x.set_shape(shape)
+        y.set_shape((None, n_classes))
+        return x, y
+
+    ds = tf.data.Dataset.range(epochs * n)
+    ds = ds.map(load, num_parallel_calls=max(1, s.loader_workers), deterministic=True)
+    return ds.prefetch(s.prefetch or 1)
 
 
 class _Reporter(keras.callbacks.Callback):
-    def __init__(self, reporter: training.EpochReporter, val_batches, n_train_images: int, eval_batch: int):
+    def __init__(self, reporter: training.EpochReporter, val_batches, stream, eval_batch: int):
         super().__init__()
         self.reporter = reporter
+        self.stream = stream
+        self.n_train_images = stream.images_per_epoch
         self.val_batches = val_batches
-        self.n_train_images = n_train_images
         self.best_weights = None
         self.error = None
 
@@ -88,6 +188,7 @@ class _Reporter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         train_time = self.reporter.elapsed()
+        recalibrate_bn(self.model, training.recalibration_batches(self.stream, epoch))
         proba = predict_proba(self.model, self.val_batches())
         decision = self.reporter.end_epoch(
             epoch, logs["loss"], logs["accuracy"], proba, self.n_train_images, epoch_time_s=train_time
@@ -98,25 +199,67 @@ class _Reporter(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def _compile(model, hyper: training.Hyper, s: acceleration.Settings) -> None:
+    """fit()'s optimiser, loss and XLA setting, under the strategy the model was built in."""
+    with model.distribute_strategy.scope():  # the optimiser's variables are mirrored too
+        opt = _optimizer(hyper)
+        if s.loss_scaling:
+            opt = keras.optimizers.LossScaleOptimizer(opt)
+        model.compile(
+            optimizer=opt,
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=hyper.label_smoothing),
+            metrics=["accuracy"],
+            jit_compile=s.compile,
+        )
+
+
 def fit(model, stream, val_batches, hyper: training.Hyper, reporter: training.EpochReporter):
-    """Train `model` on `stream` for up to hyper.epochs; restore the best validation-loss weights."""
-    model.compile(
-        optimizer=_optimizer(hyper),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=hyper.label_smoothing),
-        metrics=["accuracy"],
-        jit_compile=False,
-    )
-    callback = _Reporter(reporter, val_batches, stream.images_per_epoch, hyper.eval_batch_size)
+    """Train `model` on `stream` for up to hyper.epochs; restore the best validation-loss weights.
+
+    The model must come from build(spec, hyper) (its precision policy and strategy).
+    """
+    s = settings(hyper)
+    _compile(model, hyper, s)
+    callback = _Reporter(reporter, val_batches, stream, hyper.eval_batch_size)
     class_weight = dict(enumerate(hyper.class_weight)) if hyper.class_weight else None
-    model.fit(_Batches(stream, model.output_shape[-1]), epochs=hyper.epochs, callbacks=[callback],
-              class_weight=class_weight, verbose=0)
+    with model.distribute_strategy.scope():
+        model.fit(dataset(stream, model.output_shape[-1], hyper.epochs, s), epochs=hyper.epochs,
+                  steps_per_epoch=len(stream), shuffle=False, callbacks=[callback], class_weight=class_weight,
+                  verbose=0)
     if callback.best_weights is not None:
         model.set_weights(callback.best_weights)
     return model
 
 
+def step_rate(model, hyper: training.Hyper, x: np.ndarray, y: np.ndarray, steps: int, warmup: int = 3,
+              blocks: int = 1) -> list[float]:
+    """Images/s of fit()'s training step on one batch already on the device, for each of
+    `blocks` timed blocks of `steps` steps: the compute-only ceiling of the input pipeline
+    (same compile settings, optimiser, loss and precision as fit)."""
+    import tensorflow as tf
+
+    s = settings(hyper)
+    _compile(model, hyper, s)
+    onehot = np.eye(model.output_shape[-1], dtype=np.float32)[y]
+    with tf.device("/gpu:0" if _gpus() else "/cpu:0"):
+        xd, yd = tf.constant(x), tf.constant(onehot)
+    model.train_on_batch(xd, yd)  # builds the optimiser and the step function
+
+    def run(n):
+        logs = None
+        for _ in range(n):
+            logs = model.train_function([(xd, yd, None)])  # fit's compiled step, no data adapter
+        keras.tree.map_structure(np.asarray, logs)  # waits for the device
+
+    return training.block_rates(run, steps, x.shape[0], warmup, blocks)
+
+
 def predict_proba(model, batches) -> np.ndarray:
-    out = [np.asarray(model.predict_on_batch(x)) for x in batches]
+    if model.distribute_strategy.num_replicas_in_sync > 1:
+        # predict_on_batch would hand every replica the whole batch; predict splits it
+        out = [np.asarray(model.predict(x, batch_size=len(x), verbose=0)) for x in batches]
+    else:
+        out = [np.asarray(model.predict_on_batch(x)) for x in batches]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
@@ -170,3 +313,20 @@ def _tf_requirement() -> str:
         except metadata.PackageNotFoundError:
             continue
     return "tensorflow"
+
+
+def recalibrate_bn(model: keras.Model, batches) -> None:
+    """Re-estimate every BatchNormalization's moving statistics as the plain average over
+    `batches` (NHWC float32 arrays) with the current weights (training.BN_RECALIBRATION_BATCHES)."""
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not bns:
+        return
+    momenta = [layer.momentum for layer in bns]
+    try:
+        for k, x in enumerate(batches):
+            for layer in bns:  # moving = moving * k/(k+1) + batch / (k+1): the running mean of k+1 batches
+                layer.momentum = k / (k + 1)
+            model(x, training=True)
+    finally:
+        for layer, momentum in zip(bns, momenta):
+            layer.momentum = momentum

@@ -1,8 +1,9 @@
 """PyTorch translation of a galmorph NetworkSpec.
 
-The network takes float32 NHWC images, like the Keras one, and returns logits. On a GPU it
-runs in channels-last memory (the permute of NHWC input is then a free view); on the CPU
-contiguous NCHW measured faster (126 vs 91 img/s for C2 at 63x63, 2 threads); `Probabilities` wraps it for
+The network takes float32 NHWC images, like the Keras one, and returns logits. With
+channels_last (the `auto` default on a GPU) it runs in channels-last memory (the permute of
+NHWC input is then a free view); on the CPU contiguous NCHW measured faster (126 vs 91 img/s
+for C2 at 63x63, 2 threads), so auto keeps it there; `Probabilities` wraps it for
 inference and for the logged MLflow model. Weights start like Keras's (Glorot-uniform,
 zero biases) so both backends start from the same distribution.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from galmorph import training
+from galmorph import acceleration, training
 from galmorph.specs import NetworkSpec
 
 
@@ -37,6 +38,7 @@ class Net(nn.Module):
                 layers.append(nn.Linear(layer.in_shape[0], layer.units))
         self.body = nn.Sequential(*layers)
         self.channels_last = False
+        self.precision = "fp32"  # set by fit(): inference runs in the precision the network trained in
         self.spec_name = spec.name
         self.input_shape = spec.input_shape
         for m in self.modules():
@@ -69,13 +71,19 @@ class Probabilities(nn.Module):
 
 def build(spec: NetworkSpec, hyper=None) -> Net:
     net = Net(spec)
-    if torch.cuda.is_available():
-        net.channels_last = True
-        net = net.to(memory_format=torch.channels_last)
+    wanted = hyper.channels_last if hyper is not None else "auto"
+    set_channels_last(net, acceleration.switch(wanted, torch.cuda.is_available()))
     return net
+
+
+def set_channels_last(net: Net, on: bool) -> Net:
+    """Convolutions in channels-last (NHWC) memory, or contiguous NCHW; same numbers either way."""
+    net.channels_last = bool(on)
+    return net.to(memory_format=torch.channels_last if on else torch.contiguous_format)
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     buffers = sum(b.numel() for name, b in model.named_buffers() if not name.endswith("num_batches_tracked"))
     return trainable, trainable + buffers
+

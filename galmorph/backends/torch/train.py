@@ -1,108 +1,256 @@
 """PyTorch fitting: an explicit loop over galmorph batches that calls the neutral per-epoch
-reporter (early stopping and pruning decided there)."""
+reporter (early stopping and pruning decided there).
+
+Performance settings (galmorph.acceleration decides what `auto` means): autocast to
+bf16/fp16 (fp16 with a GradScaler), channels-last convolutions, torch.compile, batches made
+by worker threads and, with a GPU, pinned and copied on a side stream while the previous
+step computes; DistributedDataParallel under torchrun (backends/torch/distributed.py).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
 import torch
 from torch import nn
 
-from galmorph import system, training
-from galmorph.backends.torch.model import Probabilities
+from galmorph import acceleration, pipeline, system, training
+from galmorph.backends.torch import distributed
+from galmorph.backends.torch.model import Probabilities, set_channels_last
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", distributed.local_rank())
+    return torch.device("cpu")
 
 
-def setup(seed: int, threads: int = 0) -> dict:
-    torch.set_num_threads(threads or system.cpu_count())
+def setup(seed: int, threads: int = 0, devices: int = 1) -> dict:
+    """Seed, threads, and (under torchrun with devices > 1) the process group.
+
+    Threads default to the cores available, shared out among the processes of this node.
+    """
+    distributed.init(devices)
+    cores = max(1, system.cpu_count() // distributed.local_world_size())
+    torch.set_num_threads(threads or cores)
     torch.manual_seed(seed)
     dev = device()
     info = {"device": "GPU" if dev.type == "cuda" else "CPU", "framework": f"torch {torch.__version__}"}
     if dev.type == "cuda":
-        info["device_name"] = torch.cuda.get_device_name(0)
-        torch.cuda.reset_peak_memory_stats()
+        # TF32 matmuls/convolutions in fp32 mode, as TensorFlow does by default: the backends agree
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
+        info["device_name"] = torch.cuda.get_device_name(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
     else:
         info["device_name"] = system.cpu_name()
     return info
+
+
+def settings(hyper: training.Hyper) -> acceleration.Settings:
+    cuda = torch.cuda.is_available()
+    return acceleration.resolve(hyper, on_gpu=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported())
+
+
+def resolved(hyper: training.Hyper) -> dict:
+    """The performance settings this backend applies for `hyper`, for logging."""
+    return settings(hyper).as_params()
+
+
+def replica() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside data-parallel training."""
+    return distributed.rank(), distributed.world_size()
+
+
+def launch(argv: list[str], devices: int) -> dict | None:
+    """Start `devices` torchrun processes running `galmorph <argv>` and return rank 0's metrics;
+    None when this process is itself one of them (or devices == 1)."""
+    if devices <= 1 or distributed.under_launcher():
+        return None
+    return distributed.launch(argv, devices)
+
+
+def finish(metrics: dict) -> None:
+    """End of a run in this process: hand rank 0's metrics to the launcher, leave the group."""
+    distributed.write_result(metrics)
+    distributed.shutdown()
 
 
 def _optimizer(model: nn.Module, hyper: training.Hyper):
     # Weight decay is applied decoupled by hand in fit() (as Keras does for every optimiser),
     # so the optimisers themselves get none.
     lr = hyper.learning_rate
-    params = model.parameters()
+    params = list(model.parameters())
+    fused = all(p.is_cuda for p in params)  # one kernel for the whole update; same arithmetic
     if hyper.optimizer in ("adam", "adamw"):
-        return torch.optim.Adam(params, lr=lr, betas=training.ADAM_BETAS, eps=training.ADAM_EPSILON)
+        return torch.optim.Adam(params, lr=lr, betas=training.ADAM_BETAS, eps=training.ADAM_EPSILON, fused=fused)
     if hyper.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=training.SGD_MOMENTUM)
+        return torch.optim.SGD(params, lr=lr, momentum=training.SGD_MOMENTUM, fused=fused)
     if hyper.optimizer == "adadelta":
         return torch.optim.Adadelta(params, lr=lr, rho=training.ADADELTA_RHO, eps=training.ADAM_EPSILON)
     raise ValueError(hyper.optimizer)
 
 
 def _to_device(x: np.ndarray, dev: torch.device) -> torch.Tensor:
-    t = torch.from_numpy(x)
+    t = torch.from_numpy(x)  # shares the numpy buffer: no copy on the CPU
     return t.to(dev, non_blocking=True) if dev.type != "cpu" else t
 
 
+def _autocast(dev: torch.device, precision: str):
+    dtype = AUTOCAST_DTYPES.get(precision)
+    return torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+class _Trainer:
+    """fit()'s training step, set up once: the model on its device in its layout, wrapped in
+    DDP when data-parallel and compiled when asked; the optimiser, loss and loss scaler."""
+
+    def __init__(self, model: nn.Module, hyper: training.Hyper, dev: torch.device, s: acceleration.Settings):
+        self.model = set_channels_last(model.to(dev), s.channels_last)
+        self.model.precision = s.precision
+        self.dev, self.settings = dev, s
+        net = self.model
+        if distributed.active():
+            net = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        self.net = torch.compile(net) if s.compile else net
+        self.opt = _optimizer(self.model, hyper)
+        self.params = list(self.model.parameters())
+        self.decay = 1 - hyper.learning_rate * hyper.weight_decay if hyper.weight_decay else None
+        self.weight = torch.tensor(hyper.class_weight, dtype=torch.float32, device=dev) if hyper.class_weight else None
+        # reduction="none" + mean over the batch: Keras's class_weight semantics (sum(w*l) / N),
+        # not torch's weighted mean (sum(w*l) / sum(w)).
+        self.loss_fn = nn.CrossEntropyLoss(reduction="none", label_smoothing=hyper.label_smoothing)
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=s.loss_scaling)
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step; returns (mean loss, correct predictions) as device tensors."""
+        with _autocast(self.dev, self.settings.precision):
+            logits = self.net(xb)
+        losses = self.loss_fn(logits.float(), yb)
+        if self.weight is not None:
+            losses = losses * self.weight[yb]
+        loss = losses.mean()
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.decay is not None:
+            with torch.no_grad():
+                torch._foreach_mul_(self.params, self.decay)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return loss.detach(), (logits.detach().argmax(1) == yb).sum()
+
+
+def device_batches(stream, epoch: int, dev: torch.device, s: acceleration.Settings):
+    """One epoch of `stream` as device tensors, made `s.prefetch` batches ahead by worker threads.
+
+    With a GPU each worker pins its batch and copies it on a side stream; the training step
+    waits on that copy's event only, so copies overlap the previous step's compute.
+    """
+    if dev.type != "cuda":
+        for x, y in pipeline.stream_batches(stream, epoch, s.loader_workers, s.prefetch):
+            yield torch.from_numpy(x), torch.from_numpy(y)
+        return
+    copier = torch.cuda.Stream(dev)
+
+    def to_gpu(x, y):
+        torch.cuda.set_device(dev)  # worker threads start on device 0
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        if s.pin_memory:
+            xt, yt = xt.pin_memory(), yt.pin_memory()
+        with torch.cuda.stream(copier):
+            xd, yd = xt.to(dev, non_blocking=True), yt.to(dev, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(copier)
+        return xd, yd, done
+
+    current = torch.cuda.current_stream(dev)
+    for xd, yd, done in pipeline.stream_batches(stream, epoch, s.loader_workers, s.prefetch, to_gpu):
+        current.wait_event(done)
+        xd.record_stream(current)  # memory made on the side stream, used on this one
+        yd.record_stream(current)
+        yield xd, yd
+
+
 def fit(model: nn.Module, stream, val_batches, hyper: training.Hyper, reporter: training.EpochReporter):
-    """Train `model` on `stream` for up to hyper.epochs; restore the best validation-loss weights."""
+    """Train `model` on `stream` for up to hyper.epochs; restore the best validation-loss weights.
+
+    Data-parallel (under torchrun): every rank trains its Shard of each epoch; rank 0 alone
+    evaluates and calls the reporter, and its improved/stop decision is broadcast.
+    """
     dev = device()
-    model.to(dev)
-    opt = _optimizer(model, hyper)
-    weight = torch.tensor(hyper.class_weight, dtype=torch.float32, device=dev) if hyper.class_weight else None
-    # reduction="none" + mean over the batch: Keras's class_weight semantics (sum(w*l) / N),
-    # not torch's weighted mean (sum(w*l) / sum(w)).
-    loss_fn = nn.CrossEntropyLoss(reduction="none", label_smoothing=hyper.label_smoothing)
+    trainer = _Trainer(model, hyper, dev, settings(hyper))
+    model = trainer.model
+    rank, world = replica()
+    if world > 1:
+        stream = pipeline.Shard(stream, rank, world)
     best_state = None
     for epoch in range(hyper.epochs):
         reporter.start_epoch()
         model.train()
-        loss_sum = torch.zeros((), device=dev)
-        correct = torch.zeros((), device=dev, dtype=torch.long)
+        sums = torch.zeros(2, device=dev, dtype=torch.float64)  # loss sum, correct: no sync per step
         seen = 0
-        for x, y in stream.epoch(epoch):
-            xb, yb = _to_device(x, dev), _to_device(y, dev)
-            logits = model(xb)
-            losses = loss_fn(logits, yb)
-            if weight is not None:
-                losses = losses * weight[yb]
-            loss = losses.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if hyper.weight_decay:
-                with torch.no_grad():
-                    for p in model.parameters():
-                        p.mul_(1 - hyper.learning_rate * hyper.weight_decay)
-            opt.step()
-            loss_sum += loss.detach() * yb.shape[0]
-            correct += (logits.detach().argmax(1) == yb).sum()
+        for xb, yb in device_batches(stream, epoch, dev, trainer.settings):
+            loss, correct = trainer.step(xb, yb)
+            sums += torch.stack([loss.double() * yb.shape[0], correct.double()])
             seen += yb.shape[0]
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        if world > 1:
+            totals = torch.cat([sums, torch.tensor([float(seen)], device=dev, dtype=torch.float64)])
+            torch.distributed.all_reduce(totals)
+            sums, seen = totals[:2], int(totals[2].item())
+        loss_sum, correct = sums.tolist()  # waits for the GPU
         train_time = reporter.elapsed()
-        proba = predict_proba(model, val_batches())
-        decision = reporter.end_epoch(epoch, float(loss_sum) / seen, float(correct) / seen, proba, seen,
-                                      epoch_time_s=train_time)
-        if decision.improved:
+        recalibrate_bn(model, training.recalibration_batches(stream, epoch))
+        improved = stop = False
+        if rank == 0:
+            proba = predict_proba(model, val_batches())
+            decision = reporter.end_epoch(epoch, loss_sum / seen, correct / seen, proba, int(seen),
+                                          epoch_time_s=train_time)
+            improved, stop = decision.improved, decision.stop
+        improved, stop = distributed.broadcast_flags(improved, stop)
+        if improved:
             best_state = copy.deepcopy(model.state_dict())
-        if decision.stop:
+        if stop:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     return model
 
 
+def step_rate(model: nn.Module, hyper: training.Hyper, x: np.ndarray, y: np.ndarray, steps: int,
+              warmup: int = 3, blocks: int = 1) -> list[float]:
+    """Images/s of fit()'s training step on one batch already on the device, for each of
+    `blocks` timed blocks of `steps` steps: the compute-only ceiling of the input pipeline
+    (same model set-up, optimiser, loss, precision and compilation as fit)."""
+    dev = device()
+    trainer = _Trainer(model, hyper, dev, settings(hyper))
+    trainer.model.train()
+    xb, yb = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
+    sums = torch.zeros(2, device=dev, dtype=torch.float64)
+
+    def run(n):
+        for _ in range(n):
+            loss, correct = trainer.step(xb, yb)
+            sums.add_(torch.stack([loss.double() * yb.shape[0], correct.double()]))
+        sums.tolist()  # waits for the device
+
+    return training.block_rates(run, steps, x.shape[0], warmup, blocks)
+
+
 @torch.no_grad()
 def predict_proba(model: nn.Module, batches) -> np.ndarray:
-    dev = device()
+    """Class probabilities (float32 numpy) on the model's device, in its training precision."""
+    dev = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = [torch.softmax(model(_to_device(x, dev)), dim=1).float().cpu().numpy() for x in batches]
+    out = []
+    with _autocast(dev, getattr(model, "precision", "fp32")):
+        for x in batches:
+            out.append(torch.softmax(model(_to_device(x, dev)).float(), dim=1).cpu().numpy())
     model.train(was_training)
     n_classes = model.body[-1].out_features
     return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
@@ -111,7 +259,7 @@ def predict_proba(model: nn.Module, batches) -> np.ndarray:
 def device_stats() -> dict:
     if not torch.cuda.is_available():
         return {}
-    return {"gpu_peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20}
+    return {"gpu_peak_memory_mb": torch.cuda.max_memory_allocated(device()) / 2**20}
 
 
 def log_model(model: nn.Module, name: str, input_example: np.ndarray) -> str:
@@ -134,3 +282,26 @@ def _package_dir(pkg):
     from pathlib import Path
 
     return Path(pkg.__file__).resolve().parent
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches) -> None:
+    """Re-estimate every BatchNorm's statistics as the plain average over `batches`
+    (NHWC float32 arrays) with the current weights (see training.BN_RECALIBRATION_BATCHES)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    was_training = model.training
+    model.train()
+    dev = next(model.parameters()).device
+    try:
+        for x in batches:
+            model(torch.from_numpy(x).to(dev))
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        model.train(was_training)

@@ -1,0 +1,109 @@
+"""Data-parallel PyTorch: DistributedDataParallel, one process per device, under torchrun.
+
+`galmorph train --backend torch --devices N` re-executes itself as
+`python -m torch.distributed.run --standalone --nproc-per-node N -m galmorph train ...`
+(`launch`); each process then joins the group in `init` (NCCL with GPUs, gloo on CPUs) and
+trains its shard of every epoch (galmorph.pipeline.Shard). Rank 0 alone evaluates, logs to
+MLflow and decides early stopping; the decision is broadcast so all ranks stop together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import torch
+import torch.distributed as dist
+
+from galmorph.errors import GalmorphError
+
+RESULT_ENV = "GALMORPH_RESULT_FILE"
+
+
+def under_launcher() -> bool:
+    """True in a process started by torchrun (it sets RANK, WORLD_SIZE and LOCAL_RANK)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def rank() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", 0)) if under_launcher() else 0
+
+
+def world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", 1)) if under_launcher() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0)) if under_launcher() else 0
+
+
+def local_world_size() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size())) if under_launcher() else 1
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def init(devices: int) -> None:
+    """Join the process group when running under torchrun with devices > 1."""
+    if devices <= 1 or not under_launcher() or (dist.is_available() and dist.is_initialized()):
+        return
+    if int(os.environ["WORLD_SIZE"]) != devices:
+        raise GalmorphError(f"devices={devices} but torchrun started {os.environ['WORLD_SIZE']} processes")
+    if torch.cuda.is_available():
+        if torch.cuda.device_count() < local_world_size():
+            raise GalmorphError(f"{local_world_size()} processes per node but only {torch.cuda.device_count()} GPUs")
+        torch.cuda.set_device(local_rank())
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank()))
+    else:
+        dist.init_process_group("gloo")
+
+
+def broadcast_flags(*flags: bool) -> tuple[bool, ...]:
+    """Rank 0's flags on every rank (one small collective)."""
+    if not active():
+        return flags
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=dev)
+    dist.broadcast(t, src=0)
+    return tuple(bool(v) for v in t.tolist())
+
+
+def launch(argv: list[str], devices: int) -> dict:
+    """Run `python -m galmorph <argv>` as `devices` torchrun processes; return rank 0's metrics.
+
+    With GPUs, `devices` must not exceed the GPUs visible here; without any, the processes
+    train on CPU cores (gloo), which is for testing the data-parallel path only.
+    """
+    if torch.cuda.is_available() and torch.cuda.device_count() < devices:
+        raise GalmorphError(f"devices={devices} but only {torch.cuda.device_count()} GPUs are visible")
+    with tempfile.TemporaryDirectory(prefix="galmorph-ddp-") as tmp:
+        result = os.path.join(tmp, "metrics.json")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
+               "-m", "galmorph", *argv]
+        proc = subprocess.run(cmd, env={**os.environ, RESULT_ENV: result})
+        if proc.returncode != 0:
+            raise GalmorphError(f"data-parallel training failed (torchrun exit status {proc.returncode})")
+        with open(result) as fh:
+            return json.load(fh)
+
+
+def write_result(metrics: dict) -> None:
+    """Rank 0 hands its final metrics to the launching process."""
+    path = os.environ.get(RESULT_ENV)
+    if path and rank() == 0:
+        with open(path, "w") as fh:
+            json.dump(metrics, fh)
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
