@@ -69,8 +69,11 @@ def hyper_from(config: TrainConfig, train_labels: np.ndarray, n_classes: int) ->
 
 
 def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, nested: bool = False,
-        extra_tags: dict | None = None, after_fit=None) -> dict:
+        extra_tags: dict | None = None, after_fit=None, started=None) -> dict:
     """Train, evaluate and log one run; return its final metrics (test_* and timings).
+
+    `started(run_id)`, if given, is called as soon as the MLflow run exists (before any
+    validation), so that callers know which run was theirs even when it fails.
 
     `after_fit(backend, model, prepared)`, if given, is called with the trained model (best
     weights restored) inside the run, e.g. to predict other images (galmorph.hierarchy).
@@ -88,6 +91,8 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
             "scheme": config.scheme, **(extra_tags or {})}
     name = config.run_name or f"{config.model}-{config.backend}-{Path(config.dataset).stem}"
     with tracking.run(name, nested=nested, tags=tags, system_metrics=not nested) as active:
+        if started is not None:
+            started(active.info.run_id)
         config.validate()
         return _run(config, active, prepared, trial, mlflow, after_fit)
 

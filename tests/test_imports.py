@@ -7,7 +7,9 @@ from conftest import run_python
 CORE = ["galmorph", "galmorph.augment", "galmorph.bands", "galmorph.cli", "galmorph.config", "galmorph.metrics",
         "galmorph.schemes", "galmorph.specs", "galmorph.splits", "galmorph.system", "galmorph.tracking",
         "galmorph.train", "galmorph.training", "galmorph.plots", "galmorph.backends", "galmorph.data.registry",
-        "galmorph.data.hdf5", "galmorph.data.download", "galmorph.data.synthetic"]
+        "galmorph.data.hdf5", "galmorph.data.download", "galmorph.data.synthetic", "galmorph.data.nair2010",
+        "galmorph.io", "galmorph.tune", "galmorph.multiseed", "galmorph.hierarchy", "galmorph.report",
+        "galmorph.explain", "galmorph.acceleration", "galmorph.pipeline"]
 
 
 def test_core_imports_no_framework():
