@@ -31,7 +31,10 @@ def configure(experiment: str) -> None:
     import mlflow
 
     if not os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None:
-        mlflow.set_experiment(experiment)
+        found = mlflow.set_experiment(experiment)
+        # MLflow 3.17: when another process creates the experiment at the same moment,
+        # set_experiment returns it without making it active (runs would land in Default)
+        mlflow.set_experiment(experiment_id=found.experiment_id)
 
 
 @contextlib.contextmanager

@@ -52,7 +52,9 @@ def smoke(tmp_path_factory):
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     env = {"MLFLOW_TRACKING_URI": uri}
     client = mlflow.MlflowClient(tracking_uri=uri)
-    client.search_experiments()  # create the schema before the runs share the store
+    # the schema and the experiment before the runs share the store: two `mlflow run`s that
+    # both find no "smoke" experiment would both create it, and one would fail
+    client.create_experiment("smoke", artifact_location=(tmp / "artifacts").as_uri())
     with ThreadPoolExecutor(2) as pool:  # two at a time: their start-up is mostly imports
         futures = {ep: pool.submit(_mlflow_run, ep, TINY, env) for ep in ENTRY_POINTS}
         procs = {ep: f.result() for ep, f in futures.items()}
@@ -196,3 +198,27 @@ def test_ctrl_c_mid_training_leaves_the_run_killed(tracking_uri):
             proc.communicate()
     assert proc.returncode == 130, stderr[-2000:]
     assert client.get_run(run.info.run_id).info.status == "KILLED"
+
+
+def test_runs_land_in_the_experiment_another_process_created_at_the_same_moment(tracking_uri, monkeypatch):
+    """The race of two workers starting at once: the experiment does not exist when this
+    process looks, but exists by the time it creates it (MLflow's set_experiment then
+    returns without activating it). Runs must still land in it, not in Default."""
+    import mlflow
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    from galmorph import tracking
+
+    other = mlflow.MlflowClient().create_experiment("raced")  # "the other process"
+    real = TrackingServiceClient.get_experiment_by_name
+    looks_left = [None]  # the first look happens before the other process created it
+
+    def first_look_misses(self, name):
+        if name == "raced" and looks_left:
+            return looks_left.pop()
+        return real(self, name)
+
+    monkeypatch.setattr(TrackingServiceClient, "get_experiment_by_name", first_look_misses)
+    tracking.configure("raced")
+    with tracking.run("r", system_metrics=False) as active:
+        assert active.info.experiment_id == other
