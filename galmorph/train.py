@@ -216,7 +216,14 @@ def _log_dataset(mlflow, data: registry.Dataset, digest: str) -> None:
         source = resolve_dataset_source(uri)
     except Exception:  # an unusual path: lineage without a resolvable source is still lineage
         source = resolve_dataset_source(Path(data.path).resolve().as_uri())
-    mlflow.log_input(MetaDataset(source, name=f"{Path(data.name).stem}/{data.scheme}", digest=digest), context="training")
+    dataset = MetaDataset(source, name=f"{Path(data.name).stem}/{data.scheme}", digest=digest)
+    try:
+        mlflow.log_input(dataset, context="training")
+    except mlflow.exceptions.MlflowException:
+        # Two workers logging the same new dataset at once: the store's check-then-insert
+        # lets one insert fail on the unique (experiment, name, digest). It exists now; link it.
+        time.sleep(0.5)
+        mlflow.log_input(dataset, context="training")
 
 
 def _write_artifacts(out: Path, config, data, split, spec, report, proba, reporter, digest) -> None:
