@@ -80,10 +80,13 @@ def reset_peak_rss() -> bool:
 
 def reference_rate(model: str, input_size: int, batch: int, steps: int, blocks: int = 2,
                    n_classes: int = 4) -> list[float]:
-    """Images/s of a hand-written loop over preloaded tensors (no galmorph code at all), for
-    each of `blocks` timed blocks of `steps` steps."""
+    """Images/s of a hand-written loop over preloaded tensors (network, loss and step without
+    galmorph code), for each of `blocks` timed blocks of `steps` steps, timed like the
+    backends' ceiling (training.block_rates)."""
     import torch
     from torch import nn
+
+    from galmorph import training
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -113,17 +116,12 @@ def reference_rate(model: str, input_size: int, batch: int, steps: int, blocks: 
         opt.step()
         return loss
 
-    for i in range(3):
-        loss = step(i)
-    loss.item()
-    rates = []
-    for _ in range(blocks):
-        t0 = time.perf_counter()
-        for i in range(steps):
+    def run(n):
+        for i in range(n):
             loss = step(i)
         loss.item()  # waits for the device
-        rates.append(steps * batch / (time.perf_counter() - t0))
-    return rates
+
+    return training.block_rates(run, steps, batch, warmup=3, blocks=blocks)
 
 
 # ---------------------------------------------------------------- one backend, in its own process
