@@ -24,7 +24,7 @@ from galmorph.config import TrainConfig
 from galmorph.errors import GalmorphError
 from galmorph.tune import TUNABLE, RetrainConfig, TuneConfig, load_space, sample
 
-from conftest import REPO, check_entry_point, child_env, run_python
+from conftest import REPO, RUN_CHOICE, check_entry_point, child_env, run_python
 
 TINY = ["--dataset", "synthetic", "--synthetic-n", "120", "--epochs", "2", "--threads", "2"]
 SECRET = "s3cret-Pw"
@@ -67,8 +67,7 @@ def mlflow_store(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
     uri = f"sqlite:///{root}"
-    saved = {k: os.environ.pop(k, None) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID",
-                                                   "MLFLOW_EXPERIMENT_NAME")}
+    saved = {k: os.environ.pop(k, None) for k in ("MLFLOW_TRACKING_URI", *RUN_CHOICE)}
     import mlflow.tracking.fluent as fluent
 
     saved_experiment = fluent._active_experiment_id
