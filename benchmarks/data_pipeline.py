@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 
 def pipeline_rate(images, mode: str, band_channels, batch_size: int, seconds: float) -> float:
     """Augmented float32 batches/s of the real TrainStream, in images/s."""
-    from galmorph import augment
+    from galmorph.data import augment
 
     maker = augment.BatchMaker(images, band_channels)
     labels = np.zeros(len(images), np.int64)
@@ -48,8 +48,9 @@ def c2_training_rate(images, batch_size: int, steps: int) -> float:
     """C2 training images/s with the galmorph PyTorch model on pre-made batches (compute only)."""
     import torch
 
-    from galmorph import augment, specs
     from galmorph.backends import get
+    from galmorph.core import specs
+    from galmorph.data import augment
 
     torch.set_num_threads(os.cpu_count() or 1)
     backend = get("torch")
@@ -75,9 +76,8 @@ def c2_training_rate(images, batch_size: int, steps: int) -> float:
 
 def memory_child(path: str, mode: str) -> None:
     """(child process) load, split, stream one epoch; print peak RSS in MB as JSON."""
-    from galmorph import augment, bands, splits
-    from galmorph.data import registry
-    from galmorph.system import peak_rss_mb
+    from galmorph.core.system import peak_rss_mb
+    from galmorph.data import augment, bands, registry, splits
 
     data = registry.load(path)
     split = splits.stratified(data.labels, seed=0)
@@ -120,7 +120,7 @@ def phys449_epoch(text_file: Path, n: int, batch_size: int) -> float:
 
 
 def galmorph_epoch(images: np.ndarray, batch_size: int) -> float:
-    from galmorph import augment
+    from galmorph.data import augment
 
     maker = augment.BatchMaker(images, (2,), crop_fraction=1.0)
     stream = augment.TrainStream(maker, np.arange(len(images)), np.zeros(len(images), np.int64),

@@ -1,6 +1,6 @@
 """Do the performance paths change results? Test accuracy with and without each (issue 6).
 
-Trains C2 through the real `galmorph.train.run` (TrainStream, backend fit, the neutral
+Trains C2 through the real `galmorph.workflows.train.run` (TrainStream, backend fit, the neutral
 reporter, MLflow) for every backend x path x seed, each run in a fresh process, on the same
 data and split per seed, and compares each path's mean test accuracy with the plain fp32
 path's. "Within noise" means |difference| <= 2 x the standard error of the difference,
@@ -40,7 +40,7 @@ PATHS = {
 CHILD = """
 import json, sys
 from galmorph.config import TrainConfig
-from galmorph.train import run
+from galmorph.workflows.train import run
 m = run(TrainConfig(**json.loads(sys.argv[1])))
 print(json.dumps({k: m[k] for k in ("test_accuracy", "test_log_loss", "epochs_run", "fit_time_s") if k in m}))
 """

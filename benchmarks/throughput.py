@@ -58,7 +58,7 @@ COLUMNS = [
 
 def image_size(input_size: int) -> int:
     """Cutout side whose centre crop (crop_fraction 100/110) is `input_size`."""
-    from galmorph import augment
+    from galmorph.data import augment
 
     for side in range(input_size, 3 * input_size):
         if augment.crop_size(side, CROP_FRACTION) == input_size:
@@ -86,7 +86,7 @@ def reference_rate(model: str, input_size: int, batch: int, steps: int, blocks: 
     import torch
     from torch import nn
 
-    from galmorph import training
+    from galmorph.core import training
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -128,10 +128,11 @@ def reference_rate(model: str, input_size: int, batch: int, steps: int, blocks: 
 
 def measure(backend_name: str, model: str, input_size: int, opts: dict) -> dict:
     """One row: the project's real code path for `backend_name` (run in that backend's process)."""
-    from galmorph import augment, specs, system, training
     from galmorph.backends import get
     from galmorph.config import TrainConfig
-    from galmorph.train import hyper_from
+    from galmorph.core import specs, system, training
+    from galmorph.data import augment
+    from galmorph.workflows.prepare import hyper_from
 
     backend = get(backend_name)
     batch, steps, epochs = opts["batch_size"], opts["steps"], opts["epochs"]
@@ -233,7 +234,7 @@ def _reset_device_peak(backend: str) -> None:
 
 
 def _platform(backend: str) -> dict:
-    from galmorph import system
+    from galmorph.core import system
 
     out = {"cpu": system.cpu_name(), "cpu_cores": _cpu_count(), "python": platform.python_version()}
     if backend == "torch":
@@ -255,7 +256,7 @@ def _platform(backend: str) -> dict:
 
 
 def _cpu_count() -> int:
-    from galmorph import system
+    from galmorph.core import system
 
     return system.cpu_count()
 

@@ -9,7 +9,7 @@ import argparse
 import sys
 from dataclasses import MISSING, fields
 
-from galmorph.errors import GalmorphError
+from galmorph.core.errors import GalmorphError
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> None:
@@ -40,7 +40,7 @@ def config_from(args, cls):
 
 def cmd_train(args) -> int:
     from galmorph.config import TrainConfig
-    from galmorph.train import run
+    from galmorph.workflows.train import run
 
     metrics = run(config_from(args, TrainConfig))
     keys = ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "epochs_run", "steady_epoch_time_s")
@@ -49,14 +49,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from galmorph.tune import TuneConfig, tune
+    from galmorph.workflows.tune import TuneConfig, tune
 
     tune(config_from(args, TuneConfig))  # prints its summary
     return 0
 
 
 def cmd_retrain(args) -> int:
-    from galmorph.tune import RetrainConfig, retrain
+    from galmorph.workflows.tune import RetrainConfig, retrain
 
     retrain(config_from(args, RetrainConfig))  # prints the study's and the test value
     return 0
@@ -74,8 +74,7 @@ def cmd_data_download(args) -> int:
 def cmd_data_info(args) -> int:
     import numpy as np
 
-    from galmorph import schemes
-    from galmorph.data import registry
+    from galmorph.data import registry, schemes
 
     if args.dataset is None:
         for name in registry.names():
@@ -106,12 +105,13 @@ def cmd_data_prepare(args) -> int:
     import mlflow
 
     from galmorph import tracking
+    from galmorph.core.metrics import metric_safe
     from galmorph.data import nair2010
-    from galmorph.metrics import metric_safe
+    from galmorph.tracking.tags import KIND
 
     out = Path(args.out).expanduser() if args.out else nair2010.default_output_path()
     tracking.configure(args.experiment)
-    with tracking.run("prepare-nair2010", tags={"galmorph.kind": "prepare", "dataset": "nair2010"}):
+    with tracking.run("prepare-nair2010", tags={KIND: "prepare", "dataset": "nair2010"}):
         tracking.log_params({"out": str(out), "cache_dir": args.cache_dir or "", "cutout_url": args.cutout_url,
                              "vizier_server": args.vizier_server or "", "workers": args.workers,
                              "max_rate": args.max_rate, "retries": args.retries, "timeout": args.timeout,
@@ -141,8 +141,8 @@ def _print_summary(label: str, summary: dict) -> None:
 
 
 def cmd_multiseed(args) -> int:
-    from galmorph import multiseed
     from galmorph.config import TrainConfig
+    from galmorph.workflows import multiseed
 
     config = config_from(args, TrainConfig)
     seeds = multiseed.parse_seeds(args.seeds, config.seed)
@@ -152,8 +152,8 @@ def cmd_multiseed(args) -> int:
 
 
 def cmd_hierarchy(args) -> int:
-    from galmorph import hierarchy, multiseed
     from galmorph.config import TrainConfig
+    from galmorph.workflows import hierarchy, multiseed
 
     config = config_from(args, TrainConfig)
     seeds = multiseed.parse_seeds(args.seeds, config.seed)
@@ -166,7 +166,7 @@ def cmd_hierarchy(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from galmorph import report
+    from galmorph.workflows import report
 
     paths = report.run(report.ReportConfig(
         experiments=[e.strip() for e in args.experiments.split(",") if e.strip()], filter=args.filter,
@@ -176,7 +176,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from galmorph import explain
+    from galmorph.workflows import explain
 
     result = explain.explain_run(args.run_id, per_class=args.per_class)
     print(f"run {args.run_id}: explained {len(result['labels'])} test galaxies (artifacts under explain/)")
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p, TrainConfig)
     p.set_defaults(func=cmd_train)
 
-    from galmorph.tune import RetrainConfig, TuneConfig
+    from galmorph.workflows.tune import RetrainConfig, TuneConfig
 
     p = sub.add_parser("tune", help="run or continue an Optuna study (one MLflow parent run, a child run per trial)",
                        description="Tune C1 or C2 over experiments/search_spaces/<model>.yaml with Optuna; rerun "
@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data_prepare)
 
-    from galmorph import hierarchy
+    from galmorph.workflows import hierarchy
 
     p = sub.add_parser("multiseed", help="repeat a training configuration over N seeds (nested runs, mean and std)",
                        description="Train one configuration once per seed as nested MLflow runs of a parent run that "

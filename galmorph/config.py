@@ -2,7 +2,7 @@
 
 `TrainConfig` is the contract shared by the CLI (`galmorph train`), the MLproject entry
 points (tests check that MLproject lists exactly these parameters with these defaults),
-Optuna trials and the Python API (`galmorph.train.run(config)`).
+Optuna trials and the Python API (`galmorph.workflows.train.run(config)`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields
 
-from galmorph.errors import GalmorphError
+from galmorph.core import specs
+from galmorph.core.errors import GalmorphError
+from galmorph.data import augment, bands, splits
 
 BACKENDS = ("keras", "torch")
 OPTIMIZERS = ("adam", "adamw", "sgd", "adadelta")
@@ -57,7 +59,7 @@ class TrainConfig:
     eval_batch_size: int = option(512, "batch size for validation, test and prediction")
     threads: int = option(0, "CPU threads for the framework (0 = all cores)")
     log_model: bool = option(True, "log the trained model to MLflow")
-    explain: bool = option(False, "log feature maps of the first convolutions and Grad-CAM saliency of a few test galaxies per class (galmorph.explain)")
+    explain: bool = option(False, "log feature maps of the first convolutions and Grad-CAM saliency of a few test galaxies per class (galmorph.workflows.explain)")
     precision: str = option("auto", "arithmetic of training and inference: fp32, bf16 or fp16 mixed precision (fp16 with dynamic loss scaling); auto = bf16 on a GPU that supports it, fp32 on the CPU", PRECISIONS)
     compile: str = option("auto", "compile the network: XLA jit_compile (Keras) or torch.compile (PyTorch); auto = on a GPU only", SWITCH)
     channels_last: str = option("auto", "channels-last (NHWC) memory layout for the convolutions (PyTorch; Keras is always NHWC); auto = on a GPU only", SWITCH)
@@ -87,7 +89,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def arch_kwargs(self) -> dict:
-        """Keyword arguments of galmorph.specs.resolve for this run."""
+        """Keyword arguments of galmorph.core.specs.resolve for this run."""
         kw = {"width": self.width}
         if self.dense_units > 0:
             kw["dense_units"] = self.dense_units
@@ -99,7 +101,6 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check every setting; raise a one-line GalmorphError for the first bad one."""
-        from galmorph import augment, bands, specs, splits
 
         if self.model not in specs.available():
             raise GalmorphError(f"unknown model {self.model!r}; choose one of {', '.join(specs.available())}")

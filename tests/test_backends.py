@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from conftest import run_python
 
 CASES = [(model, shape, n) for model in ("c1", "c2")
@@ -14,7 +13,7 @@ CASES = [(model, shape, n) for model in ("c1", "c2")
 def _counts(backend: str) -> dict:
     code = (
         "import json\n"
-        "from galmorph import specs, backends\n"
+        "from galmorph import backends\nfrom galmorph.core import specs\n"
         f"b = backends.get({backend!r})\n"
         "out = {}\n"
         f"for model, shape, n in {CASES!r}:\n"

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 ROW_KEYS = {"model", "input", "backend", "pipeline_img_s", "ceiling_img_s", "efficiency", "inference_img_s",

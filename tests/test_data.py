@@ -3,13 +3,11 @@
 import h5py
 import numpy as np
 import pytest
-
-from galmorph import bands, schemes
-from galmorph.augment import BatchMaker
-from galmorph.data import hdf5, registry
-from galmorph.errors import GalmorphError
-
 from conftest import GZ2_SAMPLE, make_h5
+
+from galmorph.core.errors import GalmorphError
+from galmorph.data import bands, hdf5, registry, schemes
+from galmorph.data.augment import BatchMaker
 
 
 def test_load_path_dataset_native(small_h5):

@@ -28,9 +28,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from galmorph.core.errors import GalmorphError
 from galmorph.data import download
 from galmorph.data.download import fetch, sha256_file, verify
-from galmorph.errors import GalmorphError
 
 STALL_S = 1.0
 PAYLOAD = bytes((i * 7 + i // 251) % 256 for i in range(50_000))

@@ -4,12 +4,12 @@ import json
 
 from conftest import run_python
 
-CORE = ["galmorph", "galmorph.augment", "galmorph.bands", "galmorph.cli", "galmorph.config", "galmorph.metrics",
-        "galmorph.schemes", "galmorph.specs", "galmorph.splits", "galmorph.system", "galmorph.tracking",
-        "galmorph.train", "galmorph.training", "galmorph.plots", "galmorph.backends", "galmorph.data.registry",
+CORE = ["galmorph", "galmorph.data.augment", "galmorph.data.bands", "galmorph.cli", "galmorph.config", "galmorph.core.metrics",
+        "galmorph.data.schemes", "galmorph.core.specs", "galmorph.data.splits", "galmorph.core.system", "galmorph.tracking",
+        "galmorph.workflows.train", "galmorph.core.training", "galmorph.tracking.figures", "galmorph.backends", "galmorph.data.registry",
         "galmorph.data.hdf5", "galmorph.data.download", "galmorph.data.synthetic", "galmorph.data.nair2010",
-        "galmorph.io", "galmorph.tune", "galmorph.multiseed", "galmorph.hierarchy", "galmorph.report",
-        "galmorph.explain", "galmorph.acceleration", "galmorph.pipeline"]
+        "galmorph.core.io", "galmorph.workflows.tune", "galmorph.workflows.multiseed", "galmorph.workflows.hierarchy", "galmorph.workflows.report",
+        "galmorph.workflows.explain", "galmorph.core.acceleration", "galmorph.data.pipeline"]
 
 
 def test_core_imports_no_framework():

@@ -27,8 +27,8 @@ import h5py
 import numpy as np
 import pytest
 
+from galmorph.core.errors import GalmorphError
 from galmorph.data import nair2010
-from galmorph.errors import GalmorphError
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402

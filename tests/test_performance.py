@@ -10,11 +10,11 @@ import sys
 
 import numpy as np
 import pytest
-
-from galmorph import acceleration, augment, pipeline, training
-from galmorph.config import TrainConfig
-
 from conftest import REPO, make_h5, run_python
+
+from galmorph.config import TrainConfig
+from galmorph.core import acceleration, training
+from galmorph.data import augment, pipeline
 
 
 def _stream(n=50, batch=8, mode="random", size=24):
@@ -92,7 +92,7 @@ def test_config_round_trips_through_the_command_line():
 
 
 def test_the_neutral_performance_modules_load_no_framework():
-    code = ("import json, sys, galmorph.acceleration, galmorph.pipeline\n"
+    code = ("import json, sys, galmorph.core.acceleration, galmorph.data.pipeline\n"
             "print(json.dumps([m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules]))")
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
@@ -100,7 +100,7 @@ def test_the_neutral_performance_modules_load_no_framework():
 
 
 def test_batch_must_split_over_the_devices():
-    from galmorph.errors import GalmorphError
+    from galmorph.core.errors import GalmorphError
 
     with pytest.raises(GalmorphError, match="multiple of devices"):
         TrainConfig(batch_size=63, devices=2).validate()
@@ -110,7 +110,9 @@ def test_batch_must_split_over_the_devices():
 
 EQUIVALENCE = r"""
 import json, sys, numpy as np
-from galmorph import augment, bands, specs, training, backends
+from galmorph import backends
+from galmorph.core import specs, training
+from galmorph.data import augment, bands
 from galmorph.data import hdf5
 b = backends.get(sys.argv[1])
 raw = hdf5.read({h5!r}); images, labels = raw.images, raw.labels
@@ -196,7 +198,9 @@ def test_keras_pipeline_follows_the_epoch_plans_in_fit(tmp_path):
     """Keras keeps one iterator over all epochs: epoch e trains on plan e, batch by batch."""
     code = r"""
 import json, numpy as np
-from galmorph import augment, specs, training, backends
+from galmorph import backends
+from galmorph.core import specs, training
+from galmorph.data import augment
 from galmorph.backends.keras import train as kt
 b = backends.get("keras"); b.setup(0, 2)
 rng = np.random.default_rng(0)
@@ -230,7 +234,9 @@ def test_keras_one_device_strategy_path_trains_predicts_and_times():
     """The single-GPU path (OneDeviceStrategy, which prefetches to its device), on the CPU."""
     code = r"""
 import json, numpy as np, tensorflow as tf
-from galmorph import augment, specs, training, backends
+from galmorph import backends
+from galmorph.core import specs, training
+from galmorph.data import augment
 from galmorph.backends.keras import model as km
 b = backends.get("keras"); b.setup(0, 2)
 km.strategy = lambda devices: tf.distribute.OneDeviceStrategy("/cpu:0")
@@ -259,7 +265,9 @@ print(json.dumps({"strategy": type(model.distribute_strategy).__name__, "shape":
 def test_torch_step_rate_and_cpu_batches_share_numpy_memory():
     code = r"""
 import json, numpy as np, torch
-from galmorph import acceleration, augment, specs, training, backends
+from galmorph import backends
+from galmorph.core import acceleration, specs, training
+from galmorph.data import augment
 from galmorph.backends.torch import train as tt
 b = backends.get("torch"); b.setup(0, 2)
 rng = np.random.default_rng(0)
@@ -286,7 +294,7 @@ def _dp_run(backend, tmp_path, tracking_uri):
     code = f"""
 import json
 from galmorph.config import TrainConfig
-from galmorph.train import run
+from galmorph.workflows.train import run
 m = run(TrainConfig(backend={backend!r}, dataset={str(h5)!r}, epochs=8, batch_size=16, learning_rate=2e-3,
                     width=0.5, dense_units=32, augment="none", devices=2, threads=1, log_model=False, experiment="dp",
                     val_fraction=0.25, test_fraction=0.25, patience=0))

@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from galmorph import hierarchy, multiseed, report, schemes
-from galmorph.config import TrainConfig
-from galmorph.data import nair2010
-from galmorph.errors import GalmorphError
-
 from conftest import REPO, child_env, make_h5, run_python
 from test_nair2010 import server  # noqa: F401  (the local VizieR + ImgCutout server fixture)
+
+from galmorph.config import TrainConfig
+from galmorph.core.errors import GalmorphError
+from galmorph.data import nair2010, schemes
+from galmorph.workflows import hierarchy, multiseed, report
 
 TINY = ["--dataset", "synthetic", "--synthetic-n", "120", "--epochs", "2", "--batch-size", "32", "--threads", "1",
         "--experiment", "repro"]
@@ -124,7 +123,7 @@ def test_hierarchy_combines_node_probabilities_along_the_paths():
 
 def test_node_data_keeps_the_flat_split(tmp_path):
     """A node trains on its classes only, and its test galaxies are the flat test galaxies."""
-    from galmorph.train import prepare
+    from galmorph.workflows.prepare import prepare
 
     path = make_h5(tmp_path / "four.h5", n=80, n_classes=4, class_names=list(SYNTHETIC))
     base = prepare(TrainConfig(dataset=str(path), seed=3))
@@ -201,7 +200,7 @@ def test_cli_flags_of_the_entry_points_exist():
 
 
 def test_reproduction_modules_load_no_framework():
-    code = ("import sys, galmorph.report, galmorph.multiseed, galmorph.hierarchy, galmorph.explain\n"
+    code = ("import sys, galmorph.workflows.report, galmorph.workflows.multiseed, galmorph.workflows.hierarchy, galmorph.workflows.explain\n"
             "print([m for m in ('torch', 'tensorflow', 'keras', 'jax') if m in sys.modules])")
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -211,7 +210,9 @@ def test_reproduction_modules_load_no_framework():
 # ------------------------------------------------------------------------------ explain
 _KERAS_EXPLAIN = """
 import json, sys, numpy as np, keras
-from galmorph import backends, explain, specs
+from galmorph import backends
+from galmorph.core import specs
+from galmorph.workflows import explain
 b = backends.get("keras"); b.setup(0, 1)
 bx = explain.backend_module("keras")
 spec = specs.resolve("c2", (63, 63, 1), 3, dense_units=32)
@@ -234,7 +235,9 @@ np.savez(sys.argv[1], x=x, cls=cls, proba=proba, fm0=bx.feature_maps(m, x, 0), f
 _TORCH_EXPLAIN = """
 import json, sys, numpy as np, torch
 from torch import nn
-from galmorph import backends, explain, specs
+from galmorph import backends
+from galmorph.core import specs
+from galmorph.workflows import explain
 b = backends.get("torch"); b.setup(0, 1)
 bx = explain.backend_module("torch")
 ref = np.load(sys.argv[1], allow_pickle=True)
@@ -285,7 +288,7 @@ def test_feature_maps_and_grad_cam_agree_across_backends(tmp_path):
 
 def test_grad_cam_arithmetic():
     """Weights = mean gradient per channel; ReLU of the weighted sum; upsampled; scaled to [0, 1]."""
-    from galmorph import explain
+    from galmorph.workflows import explain
 
     class Fake:
         @staticmethod

@@ -1,7 +1,7 @@
 import pytest
 
-from galmorph import specs
-from galmorph.errors import GalmorphError
+from galmorph.core import specs
+from galmorph.core.errors import GalmorphError
 
 
 def test_c2_matches_the_paper_count_at_100x100x1_4way():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from galmorph import augment, splits
-from galmorph.errors import GalmorphError
+from galmorph.core.errors import GalmorphError
+from galmorph.data import augment, splits
 
 
 def _labels(counts):

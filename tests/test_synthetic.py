@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
+from galmorph.core.errors import GalmorphError
 from galmorph.data import synthetic
-from galmorph.errors import GalmorphError
 
 E, S0, SP, IRR = range(4)
 

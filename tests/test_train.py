@@ -10,10 +10,9 @@ import time
 
 import pytest
 import yaml
+from conftest import REPO, check_entry_point, child_env, run_python
 
 from galmorph.config import TrainConfig
-
-from conftest import REPO, check_entry_point, child_env, run_python
 
 ENTRY_POINTS = {"c1_keras": ("c1", "keras"), "c2_keras": ("c2", "keras"),
                 "c1_torch": ("c1", "torch"), "c2_torch": ("c2", "torch")}
@@ -44,9 +43,9 @@ def _mlflow_run(entry_point: str, params: dict, env: dict, timeout: int = 900) -
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """Run every model/backend entry point once on tiny synthetic data; return the MLflow runs."""
-    import mlflow
-
     from concurrent.futures import ThreadPoolExecutor
+
+    import mlflow
 
     tmp = tmp_path_factory.mktemp("smoke")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -103,7 +102,7 @@ def test_logged_model_loads_and_predicts_what_the_run_predicted(smoke, entry_poi
     code = f"""
 import json, numpy as np, pandas as pd, yaml, mlflow
 from galmorph.config import TrainConfig
-from galmorph.train import prepare
+from galmorph.workflows.prepare import prepare
 cfg = yaml.safe_load(open({config!r})); cfg.pop("resolved")
 prep = prepare(TrainConfig(**cfg))
 frame = pd.read_csv({preds!r})

@@ -1,4 +1,4 @@
-"""Optuna studies (galmorph.tune): search spaces, pruning, nested MLflow runs, resuming,
+"""Optuna studies (galmorph.workflows.tune): search spaces, pruning, nested MLflow runs, resuming,
 retraining, and workers sharing one PostgreSQL study. Training runs in subprocesses (one
 framework per process) on tiny synthetic data."""
 
@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, RUN_CHOICE, check_entry_point, child_env, run_python
 
 from galmorph.config import TrainConfig
-from galmorph.errors import GalmorphError
-from galmorph.tune import TUNABLE, RetrainConfig, TuneConfig, load_space, sample
-
-from conftest import REPO, RUN_CHOICE, check_entry_point, child_env, run_python
+from galmorph.core.errors import GalmorphError
+from galmorph.workflows.tune import TUNABLE, RetrainConfig, TuneConfig, load_space, sample
 
 TINY = ["--dataset", "synthetic", "--synthetic-n", "120", "--epochs", "2", "--threads", "2"]
 SECRET = "s3cret-Pw"
@@ -99,7 +98,7 @@ def _runs(client, experiment: str):
 
 
 def test_tune_module_imports_no_framework():
-    out = run_python("import sys, galmorph.tune; "
+    out = run_python("import sys, galmorph.workflows.tune; "
                      "print([m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules])")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
@@ -187,7 +186,7 @@ def test_bad_tune_settings(changes, match):
 def test_each_sampler_explores_the_conditional_space(sampler):
     import optuna
 
-    from galmorph.tune import make_pruner, make_sampler
+    from galmorph.workflows.tune import make_pruner, make_sampler
 
     if sampler == "cmaes":
         pytest.importorskip("cmaes")
@@ -213,7 +212,7 @@ def test_mlproject_tune_and_retrain_entry_points_match_their_configs():
 
 def test_storage_passwords_never_appear_in_errors():
     from galmorph.tracking import redact
-    from galmorph.tune import open_storage, postgres_driver
+    from galmorph.workflows.tune import open_storage, postgres_driver
 
     url = f"postgresql://galmorph:{SECRET}@127.0.0.1:1/optuna"
     assert SECRET not in redact(url) and redact(url) == "postgresql://galmorph:***@127.0.0.1:1/optuna"
@@ -228,8 +227,9 @@ def test_missing_monitored_metric_is_an_error(mlflow_store, monkeypatch):
     import numpy as np
     import optuna
 
-    from galmorph import train, training
-    from galmorph.tune import make_objective, objective_value
+    from galmorph.core import training
+    from galmorph.workflows import train
+    from galmorph.workflows.tune import make_objective, objective_value
 
     class Trial:
         def report(self, value, step):
@@ -257,7 +257,7 @@ def test_missing_monitored_metric_is_an_error(mlflow_store, monkeypatch):
 
 STUDY_CODE = """
 import json, optuna
-from galmorph.tune import RetrainConfig, TuneConfig, retrain, tune
+from galmorph.workflows.tune import RetrainConfig, TuneConfig, retrain, tune
 
 class PruneTrialOne(optuna.pruners.BasePruner):
     '''Forced to prune: trial 1 stops after its first epoch, whatever it reported.'''
@@ -291,7 +291,7 @@ def test_three_trial_study_logs_nested_runs(tmp_path, mlflow_store, small_space,
 
     client = mlflow.MlflowClient()
     runs = _runs(client, f"tune-test-{backend}")
-    (parent,) = [r for r in runs if r.data.tags.get("role") == "study"]
+    (parent,) = [r for r in runs if r.data.tags.get("galmorph.role") == "study"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 3
     assert parent.info.status == "FINISHED" and parent.info.run_id == summary["parent_run_id"]
@@ -326,7 +326,7 @@ def test_three_trial_study_logs_nested_runs(tmp_path, mlflow_store, small_space,
 
     if backend == "torch":  # retrain: train+validation, fixed epochs, tested once
         result = out["retrain"]
-        (run,) = [r for r in _runs(client, f"tune-test-{backend}") if r.data.tags.get("role") == "retrain"]
+        (run,) = [r for r in _runs(client, f"tune-test-{backend}") if r.data.tags.get("galmorph.role") == "retrain"]
         assert run.info.run_id == result["run_id"] and "mlflow.parentRunId" not in run.data.tags
         assert run.data.metrics["study_best_val_accuracy"] == pytest.approx(study.best_value)
         assert run.data.metrics["test_accuracy"] == pytest.approx(result["test_accuracy"])
@@ -363,7 +363,7 @@ def test_rerunning_a_study_continues_it(tmp_path, mlflow_store, small_space):
     assert [t.number for t in study.trials] == [0, 1]
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
     client = mlflow.MlflowClient()
-    parents = [r for r in _runs(client, "resume") if r.data.tags.get("role") == "study"]
+    parents = [r for r in _runs(client, "resume") if r.data.tags.get("galmorph.role") == "study"]
     assert sorted(r.data.tags["optuna_trials_before"] for r in parents) == ["0", "1"]
     assert any(r.data.tags.get("mlflow.project.entryPoint") == "tune" for r in parents)
     for parent in parents:
@@ -372,7 +372,7 @@ def test_rerunning_a_study_continues_it(tmp_path, mlflow_store, small_space):
         assert parent.data.metrics["n_trials"] == int(parent.data.tags["optuna_trials_before"]) + 1
 
     # resuming with settings that change what a value means is refused, before any training
-    from galmorph.tune import tune
+    from galmorph.workflows.tune import tune
 
     with pytest.raises(GalmorphError, match=r"was run with other settings \(epochs: 1 -> 3\)"):
         tune(TuneConfig(**{**common, "epochs": 3}, experiment="resume"))
@@ -469,7 +469,7 @@ def test_workers_share_a_postgres_study_and_retry_a_killed_workers_trial(postgre
     import optuna
     from optuna.trial import TrialState
 
-    from galmorph.tune import open_storage
+    from galmorph.workflows.tune import open_storage
 
     def trials():
         storage = open_storage(postgres)
@@ -529,6 +529,6 @@ def test_workers_share_a_postgres_study_and_retry_a_killed_workers_trial(postgre
     for run in runs:
         texts += [json.dumps(run.data.params), json.dumps(run.data.tags)]
     assert not any(SECRET in t for t in texts)
-    parents = [r for r in runs if r.data.tags.get("role") == "study"]
+    parents = [r for r in runs if r.data.tags.get("galmorph.role") == "study"]
     assert len(parents) == 4
     assert all(r.data.params["storage"].startswith("postgresql://galmorph:***@127.0.0.1:") for r in parents)

@@ -36,7 +36,7 @@ import urllib3.exceptions
 from tqdm import tqdm
 
 from galmorph import __version__
-from galmorph.errors import GalmorphError
+from galmorph.core.errors import GalmorphError
 
 __all__ = ["fetch", "sha256_file", "verify", "BACKOFF_BASE", "BACKOFF_MAX"]
 

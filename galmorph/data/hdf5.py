@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from galmorph.errors import GalmorphError
-from galmorph.io import atomic_path
+from galmorph.core.errors import GalmorphError
+from galmorph.core.io import atomic_path
 
 ID_KEYS = ("id", "objid", "galaxy_id")
 

@@ -63,9 +63,12 @@ from typing import Callable
 import numpy as np
 import requests
 
-from galmorph.errors import GalmorphError
+from galmorph import __version__
+from galmorph.core.errors import GalmorphError
+from galmorph.core.io import atomic_write, publish
+from galmorph.core.paths import cache_dir
+from galmorph.core.paths import cache_dir as _galmorph_cache
 from galmorph.data.download import sha256_file
-from galmorph.io import atomic_write, publish
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,6 @@ _COLUMNS = {
 
 def default_output_path() -> Path:
     """``$GALMORPH_CACHE/nair2010/nair2010.h5`` (default cache: ``~/.cache/galmorph``)."""
-    from galmorph.paths import cache_dir
 
     return cache_dir() / "nair2010" / "nair2010.h5"
 
@@ -547,7 +549,6 @@ def prepare(out: Path | None = None, cache_dir: Path | None = None, *, cutout_ur
         raise GalmorphError(f"output {out} is a folder; pass a file path such as {out / 'nair2010.h5'}")
     _ensure_writable_dir(out.parent, "output folder")
     if cache_dir is None:
-        from galmorph.paths import cache_dir as _galmorph_cache
 
         cache_dir = _galmorph_cache() / "nair2010"
     cache = Path(cache_dir).expanduser()
@@ -782,8 +783,6 @@ def _now() -> str:
 
 
 def _version() -> str:
-    from galmorph import __version__
-
     return __version__
 
 

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from galmorph.errors import GalmorphError
-from galmorph.paths import cache_dir
+from galmorph.core.errors import GalmorphError
+from galmorph.core.paths import cache_dir
+from galmorph.data import download as dl
+from galmorph.data import hdf5, schemes, synthetic
 
 GALAXY10_CLASSES = (
     "Disk, Face-on, No Spiral",
@@ -144,7 +146,6 @@ def resolve_path(dataset: str, *, download: bool = True, synthetic_n: int = 2000
     if dataset in DATASETS:
         record = DATASETS[dataset]
         if dataset == "synthetic":
-            from galmorph.data import synthetic
 
             path = synthetic.load_or_generate(synthetic_n, synthetic_size, seed=seed, noise=synthetic_noise)
             return Path(path), record
@@ -166,7 +167,6 @@ def resolve_path(dataset: str, *, download: bool = True, synthetic_n: int = 2000
 
 def galaxy10_path(download: bool = True, progress: bool = True) -> Path:
     """Galaxy10.h5: astroNN's cached copy if it verifies, else galmorph's cache, downloading if needed."""
-    from galmorph.data import download as dl
 
     record = DATASETS["galaxy10"]
     if ASTRONN_GALAXY10.is_file() and dl.verify(ASTRONN_GALAXY10, record.sha256, record.size_bytes):
@@ -181,8 +181,6 @@ def galaxy10_path(download: bool = True, progress: bool = True) -> Path:
 
 def load(dataset: str, scheme: str = "default", *, schemes_file: str | None = None, **resolve_kwargs) -> Dataset:
     """Load `dataset` and apply class scheme `scheme` (dropping the classes it leaves out)."""
-    from galmorph.data import hdf5
-    from galmorph import schemes
 
     path, record = resolve_path(dataset, **resolve_kwargs)
     raw = hdf5.read(path)

@@ -44,7 +44,9 @@ from typing import Sequence
 
 import numpy as np
 
-from galmorph.errors import GalmorphError
+from galmorph.core.errors import GalmorphError
+from galmorph.core.paths import cache_dir as root
+from galmorph.data import hdf5
 
 CLASS_NAMES: tuple[str, ...] = ("E", "S0", "Sp", "Irr")
 GENERATOR_VERSION = 2  # bump whenever the output for given settings changes (invalidates caches)
@@ -110,13 +112,11 @@ def load_or_generate(n, size=69, seed=0, noise=1.0, cache_dir: Path | None = Non
     n, size, seed = _check_int("n", n, 1), _check_int("size", size, 16), _check_int("seed", seed, 0)
     noise = _check_noise(noise)
     if cache_dir is None:
-        from galmorph.paths import cache_dir as root
 
         cache_dir = root() / "synthetic"
     path = cached_path(n, size, seed, noise, Path(cache_dir).expanduser())
     if _is_complete(path, n, size):
         return path
-    from galmorph.data import hdf5
 
     images, labels = generate(n, size, seed=seed, noise=noise)
     try:

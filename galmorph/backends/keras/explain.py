@@ -1,8 +1,8 @@
-"""Keras side of galmorph.explain: what a network's convolutions see, as numpy arrays.
+"""Keras side of galmorph.workflows.explain: what a network's convolutions see, as numpy arrays.
 
 Mirrors galmorph/backends/torch/explain.py function for function. Convolutions are counted
 in network order (0 = the first, -1 = the last); outputs are taken after the ReLU, NHWC.
-The Grad-CAM arithmetic itself is neutral (galmorph.explain.grad_cam).
+The Grad-CAM arithmetic itself is neutral (galmorph.workflows.explain.grad_cam).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from galmorph.errors import GalmorphError
+from galmorph.core.errors import GalmorphError
 
 
 def _conv(model: keras.Model, layer_index: int):

@@ -6,16 +6,16 @@ import contextlib
 
 import keras
 
-from galmorph import training
-from galmorph.backends.keras.train import policy, settings, strategy
-from galmorph.specs import NetworkSpec
+from galmorph.backends.keras.device import policy, settings, strategy
+from galmorph.core import training
+from galmorph.core.specs import NetworkSpec
 
 
 def build(spec: NetworkSpec, hyper=None) -> keras.Model:
     """A keras.Model taking float32 NHWC images and returning float32 class probabilities.
 
     Built in hyper's precision (a mixed dtype policy on every layer but the softmax output)
-    and under its tf.distribute strategy (see train.strategy), which fit() then trains in.
+    and under its tf.distribute strategy (see device.strategy), which fit() then trains in.
     """
     s = settings(hyper)
     scope = strategy(s.devices)

@@ -1,7 +1,7 @@
 """Keras fitting: model.fit on a tf.data pipeline of galmorph batches, with a callback that
 calls the neutral per-epoch reporter (early stopping and pruning decided there).
 
-Performance settings (galmorph.acceleration decides what `auto` means): a mixed_bfloat16 /
+Performance settings (galmorph.core.acceleration decides what `auto` means): a mixed_bfloat16 /
 mixed_float16 dtype policy (fp16 with a LossScaleOptimizer), XLA (jit_compile), batches made
 by tf.data worker threads ahead of the step, and a tf.distribute strategy: OneDeviceStrategy
 on one GPU (its dataset prefetches to the GPU), MirroredStrategy over several.
@@ -15,114 +15,8 @@ import os
 import keras
 import numpy as np
 
-from galmorph import acceleration, system, training
-
-POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
-_STRATEGIES: dict = {}
-
-
-def setup(seed: int, threads: int = 0, devices: int = 1) -> dict:
-    """Seed and threads; without GPUs and with devices > 1, split the CPU into that many
-    logical devices (CPU replicas for testing MirroredStrategy)."""
-    import tensorflow as tf
-
-    threads = threads or system.cpu_count()
-    if threads:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
-        except RuntimeError:  # already initialised in this process
-            pass
-    if devices > 1 and not tf.config.list_physical_devices("GPU"):
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        try:
-            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
-        except RuntimeError:  # already initialised: keep what is there
-            pass
-    keras.utils.set_random_seed(seed)
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass
-    info = {"device": "GPU" if gpus else "CPU", "framework": f"keras {keras.__version__} / tensorflow {tf.__version__}"}
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        info["device_name"] = details.get("device_name", gpus[0].name)
-    else:
-        info["device_name"] = system.cpu_name()
-    return info
-
-
-def _gpus() -> list:
-    import tensorflow as tf
-
-    return tf.config.list_physical_devices("GPU")
-
-
-def _bf16_supported(gpus) -> bool:
-    import tensorflow as tf
-
-    cc = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") if gpus else None
-    return bool(cc) and cc[0] >= 8  # Ampere and later
-
-
-def settings(hyper: training.Hyper | None) -> acceleration.Settings:
-    gpus = _gpus()
-    return acceleration.resolve(hyper or training.Hyper(1, 1, 1e-3), on_gpu=bool(gpus),
-                                bf16_supported=_bf16_supported(gpus))
-
-
-def resolved(hyper: training.Hyper) -> dict:
-    """The performance settings this backend applies for `hyper`, for logging (Keras
-    convolutions are NHWC whatever channels_last says; pinned copies are tf.data's own)."""
-    s = settings(hyper)
-    return {**s.as_params(), "channels_last_resolved": True, "pin_memory_resolved": False}
-
-
-def policy(precision: str) -> "keras.DTypePolicy":
-    return keras.DTypePolicy(POLICIES[precision])
-
-
-def strategy(devices: int):
-    """The tf.distribute strategy to build and train under, or None for Keras's default (CPU).
-
-    One GPU: OneDeviceStrategy, whose distributed dataset prefetches batches to the GPU.
-    Several: MirroredStrategy over the first `devices` GPUs, or over `devices` logical CPUs
-    (see setup) where there is no GPU. One strategy object per device count and process.
-    """
-    import tensorflow as tf
-
-    gpus = _gpus()
-    if devices <= 1 and not gpus:
-        return None
-    if devices not in _STRATEGIES:
-        if gpus and len(gpus) < devices:
-            from galmorph.errors import GalmorphError
-
-            raise GalmorphError(f"devices={devices} but only {len(gpus)} GPUs are visible")
-        if devices <= 1:
-            _STRATEGIES[devices] = tf.distribute.OneDeviceStrategy("/gpu:0")
-        else:
-            kind = "GPU" if gpus else "CPU"
-            names = [d.name for d in tf.config.list_logical_devices(kind)][:devices]
-            _STRATEGIES[devices] = tf.distribute.MirroredStrategy(names)
-    return _STRATEGIES[devices]
-
-
-def replica() -> tuple[int, int]:
-    """(rank, world size) of this process: Keras trains all devices from one process."""
-    return 0, 1
-
-
-def launch(argv: list[str], devices: int) -> dict | None:
-    """Keras needs no launcher (MirroredStrategy runs in this process): always None."""
-    return None
-
-
-def finish(metrics: dict) -> None:
-    """End of a run in this process (nothing to hand over in Keras)."""
+from galmorph.backends.keras.device import _gpus, settings
+from galmorph.core import acceleration, training
 
 
 def _optimizer(hyper: training.Hyper):

@@ -1,8 +1,8 @@
 """PyTorch backend."""
 
+from galmorph.backends.torch.device import finish, launch, replica, resolved, setup
 from galmorph.backends.torch.model import build, count_params
-from galmorph.backends.torch.train import (device_stats, finish, fit, launch, log_model, predict_proba, replica,
-                                           resolved, setup, step_rate)
+from galmorph.backends.torch.train import device_stats, fit, log_model, predict_proba, step_rate
 
 NAME = "torch"
 __all__ = ["NAME", "build", "count_params", "device_stats", "finish", "fit", "launch", "log_model", "predict_proba",

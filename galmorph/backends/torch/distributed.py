@@ -3,7 +3,7 @@
 `galmorph train --backend torch --devices N` re-executes itself as
 `python -m torch.distributed.run --standalone --nproc-per-node N -m galmorph train ...`
 (`launch`); each process then joins the group in `init` (NCCL with GPUs, gloo on CPUs) and
-trains its shard of every epoch (galmorph.pipeline.Shard). Rank 0 alone evaluates, logs to
+trains its shard of every epoch (galmorph.data.pipeline.Shard). Rank 0 alone evaluates, logs to
 MLflow and decides early stopping; the decision is broadcast so all ranks stop together.
 """
 
@@ -18,7 +18,7 @@ import tempfile
 import torch
 import torch.distributed as dist
 
-from galmorph.errors import GalmorphError
+from galmorph.core.errors import GalmorphError
 
 RESULT_ENV = "GALMORPH_RESULT_FILE"
 

@@ -1,9 +1,9 @@
-"""PyTorch side of galmorph.explain: what a network's convolutions see, as numpy arrays.
+"""PyTorch side of galmorph.workflows.explain: what a network's convolutions see, as numpy arrays.
 
 Mirrors galmorph/backends/keras/explain.py function for function. Convolutions are counted
 in network order (0 = the first, -1 = the last); outputs are taken after the ReLU and
 returned NHWC, like Keras's. The Grad-CAM arithmetic itself is neutral
-(galmorph.explain.grad_cam).
+(galmorph.workflows.explain.grad_cam).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from galmorph.errors import GalmorphError
+from galmorph.core.errors import GalmorphError
 
 
 def _net(model: nn.Module) -> nn.Module:

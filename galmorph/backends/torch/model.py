@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from galmorph import acceleration, training
-from galmorph.specs import NetworkSpec
+from galmorph.core import acceleration, training
+from galmorph.core.specs import NetworkSpec
 
 
 class Net(nn.Module):

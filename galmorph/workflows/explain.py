@@ -21,7 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from galmorph.errors import GalmorphError
+from galmorph import backends
+from galmorph.config import TrainConfig
+from galmorph.core.errors import GalmorphError
+from galmorph.data import augment
+from galmorph.tracking import figures
+from galmorph.workflows.prepare import prepare
 
 N_FEATURE_MAPS = 8  # filters shown per convolution
 FEATURE_LAYERS = (0, 1)  # the first two convolutions
@@ -29,7 +34,6 @@ FEATURE_LAYERS = (0, 1)  # the first two convolutions
 
 def backend_module(backend):
     """The explain module of a backend (given as its package or its name)."""
-    from galmorph import backends
 
     name = backend if isinstance(backend, str) else backend.NAME
     if name not in backends.BACKENDS:
@@ -99,8 +103,6 @@ def log_explanations(backend, model, prepared, config, *, per_class: int = 3, ru
 
     import mlflow
 
-    from galmorph import augment
-
     data, split, maker = prepared.data, prepared.split, prepared.maker
     backend = _backend(backend) if isinstance(backend, str) else backend
     bx = backend_module(backend)
@@ -121,8 +123,6 @@ def log_explanations(backend, model, prepared, config, *, per_class: int = 3, ru
 
 
 def _backend(name):
-    from galmorph import backends
-
     return backends.get(name)
 
 
@@ -157,9 +157,7 @@ def _display(x: np.ndarray) -> np.ndarray:
 
 
 def feature_maps_figure(result: dict, layer: int, path: Path, title: str = "") -> Path:
-    from galmorph.plots import _plt, _save
-
-    plt = _plt()
+    plt = figures.pyplot()
     maps, x, names = result["feature_maps"][layer], result["x"], result["class_names"]
     n, k = len(x), min(N_FEATURE_MAPS, maps.shape[-1])
     fig, axes = plt.subplots(n, k + 1, figsize=(1.15 * (k + 1), 1.2 * n), squeeze=False)
@@ -176,13 +174,11 @@ def feature_maps_figure(result: dict, layer: int, path: Path, title: str = "") -
     axes[0, 0].set_title("input", fontsize=7)
     fig.subplots_adjust(top=1 - 0.5 / fig.get_figheight(), wspace=0.05, hspace=0.1)
     fig.suptitle(f"{title}: conv{layer + 1} feature maps ({maps.shape[1]}x{maps.shape[2]})", fontsize=9)
-    return _save(fig, path)
+    return figures.save(fig, path)
 
 
 def grad_cam_figure(result: dict, path: Path, title: str = "") -> Path:
-    from galmorph.plots import _plt, _save
-
-    plt = _plt()
+    plt = figures.pyplot()
     x, cams, names = result["x"], result["cams"], result["class_names"]
     labels, predicted = result["labels"], result["predicted"]
     classes = list(np.unique(labels))
@@ -202,7 +198,7 @@ def grad_cam_figure(result: dict, path: Path, title: str = "") -> Path:
             b.set_title(f"pred {names[int(predicted[i])]}", fontsize=7)
     fig.subplots_adjust(top=1 - 0.55 / fig.get_figheight(), wspace=0.05, hspace=0.3)
     fig.suptitle(f"{title}: Grad-CAM of the predicted class (last convolution)", fontsize=9)
-    return _save(fig, path)
+    return figures.save(fig, path)
 
 
 def explain_run(run_id: str, *, per_class: int = 3) -> dict:
@@ -212,9 +208,6 @@ def explain_run(run_id: str, *, per_class: int = 3) -> dict:
 
     import mlflow
     import yaml
-
-    from galmorph.config import TrainConfig
-    from galmorph.train import prepare
 
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)

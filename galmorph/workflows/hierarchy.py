@@ -1,12 +1,12 @@
 """Hierarchical classifiers built from binary networks (experiments/hierarchies.yaml).
 
 A tree (nested lists of class names of a flat scheme, e.g. [[E, S0], [Sp, Irr]]) becomes
-one network per inner node, each trained by `galmorph.train.run` as a nested MLflow run on
-the derived scheme of its children (`4way:E/S0-vs-Sp/Irr`, galmorph.schemes), on the
+one network per inner node, each trained by `galmorph.workflows.train.run` as a nested MLflow run on
+the derived scheme of its children (`4way:E/S0-vs-Sp/Irr`, galmorph.data.schemes), on the
 galaxies of its classes only, and on the flat scheme's split: a node never trains or stops
 early on a galaxy of the common test split. Every node then predicts every test galaxy; the
 probability of a class is the product of the node probabilities along its path from the
-root, and the combined prediction is evaluated by `galmorph.metrics.evaluate` like any
+root, and the combined prediction is evaluated by `galmorph.core.metrics.evaluate` like any
 network (the parent run, tag `galmorph.kind=hierarchy`, scheme `hierarchy:<name>`).
 `test_greedy_accuracy` is the accuracy of following each node's arg-max instead.
 """
@@ -20,14 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from galmorph import augment, metrics, plots, schemes, splits, tracking
+from galmorph import tracking
 from galmorph.config import TrainConfig
-from galmorph.errors import GalmorphError
-from galmorph.paths import load_yaml
-
-KIND_TAG = "galmorph.kind"
-ROLE_TAG = "galmorph.role"
-PARENT_TAG = "galmorph.parent"
+from galmorph.core import metrics
+from galmorph.core.errors import GalmorphError
+from galmorph.core.paths import load_yaml
+from galmorph.data import augment, registry, schemes, splits
+from galmorph.tracking import figures as plots
+from galmorph.tracking.tags import KIND, PARENT, ROLE, RUN_NAME, run_name
+from galmorph.workflows import prepare, train
+from galmorph.workflows.prepare import Prepared
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,6 @@ def base_scheme(name: str, dataset_key: str) -> str:
 
 
 def dataset_key(dataset: str) -> str:
-    from galmorph.data import registry
-
     return dataset if dataset in registry.DATASETS else Path(dataset).stem
 
 
@@ -153,7 +153,6 @@ def greedy(class_names, node_list: list[Node], node_proba: dict[str, np.ndarray]
 def node_prepared(base, node: Node):
     """The base Prepared restricted to the classes of `node`, relabelled by its children,
     with the base split restricted likewise (same galaxies in train/val/test)."""
-    from galmorph.train import Prepared
 
     data, split = base.data, base.split
     lut = schemes.regroup(data.class_names, node.groups)
@@ -174,8 +173,6 @@ def run(config: TrainConfig, name: str, *, nested: bool = False, extra_tags: dic
     combined classifier on the flat scheme's test split and log it; return its metrics."""
     import mlflow
 
-    from galmorph import train
-
     tree_entry = entry(name)
     if config.devices != 1:
         raise GalmorphError("a hierarchical classifier trains its nodes in one process; use devices=1")
@@ -183,12 +180,12 @@ def run(config: TrainConfig, name: str, *, nested: bool = False, extra_tags: dic
     base_config = config.replace(scheme=base)
     tracking.configure(config.experiment)
     tag = scheme_tag(name)
-    run_name = config.run_name or f"{config.model}-{config.backend}-{Path(config.dataset).stem}-{tag}"
+    name = config.run_name or run_name(config.model, config.backend, config.dataset, tag)
     tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset, "scheme": tag,
-            KIND_TAG: "hierarchy", "base_scheme": base, **(extra_tags or {})}
-    with tracking.run(run_name, nested=nested, tags=tags, system_metrics=not nested) as parent:
+            KIND: "hierarchy", "base_scheme": base, **(extra_tags or {})}
+    with tracking.run(name, nested=nested, tags=tags, system_metrics=not nested) as parent:
         base_config.validate()
-        prepared = train.prepare(base_config)
+        prepared = prepare.prepare(base_config)
         data, split = prepared.data, prepared.split
         node_list = nodes(tree_entry["tree"], data.class_names, data.scheme, catalogue().get("aliases"))
         tracking.log_params({**config.to_dict(), "hierarchy": name, "base_scheme": data.scheme,
@@ -205,11 +202,11 @@ def run(config: TrainConfig, name: str, *, nested: bool = False, extra_tags: dic
                 captured["proba"] = backend.predict_proba(model, test_batches())
                 captured["run_id"] = mlflow.active_run().info.run_id  # the node's run
 
-            node_config = config.replace(scheme=node.scheme, run_name=f"{run_name}-{node.id}", explain=False)
+            node_config = config.replace(scheme=node.scheme, run_name=f"{name}-{node.id}", explain=False)
             node_metrics = train.run(node_config, prepared=node_prepared(prepared, node), nested=True,
-                                     extra_tags={ROLE_TAG: "hierarchy_node", PARENT_TAG: parent.info.run_id,
+                                     extra_tags={ROLE: "hierarchy_node", PARENT: parent.info.run_id,
                                                  "hierarchy": name, "hierarchy_node": node.id,
-                                                 "mlflow.runName": node_config.run_name},
+                                                 RUN_NAME: node_config.run_name},
                                      after_fit=after_fit)
             node_proba[node.id] = captured["proba"]
             node_runs[node.id] = captured["run_id"]

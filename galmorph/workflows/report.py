@@ -11,7 +11,7 @@ model x backend and writes, under `output/`:
 - `figures/`: mean confusion matrix per group, learning curves of each dataset x scheme
   side by side, timing per backend, and saliency figures copied from runs that have them.
 
-Sections: test accuracy (mean and std over seeds, `galmorph.multiseed.aggregate`) next to
+Sections: test accuracy (mean and std over seeds, `galmorph.workflows.multiseed.aggregate`) next to
 the paper's and the PHYS449 reproduction's numbers (experiments/paper.yaml); per-class
 recall; confusion matrices; learning curves; time per epoch per backend; feature maps and
 Grad-CAM; the reference numbers with their sources; the runs used. Everything is logged as
@@ -32,14 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-from galmorph import tracking
-from galmorph.errors import GalmorphError
-from galmorph.multiseed import KIND_TAG, aggregate
-from galmorph.paths import load_yaml
+from galmorph import __version__, tracking
+from galmorph.core.errors import GalmorphError
+from galmorph.core.io import atomic_write
+from galmorph.core.paths import load_yaml
+from galmorph.tracking import figures as plots
+from galmorph.tracking.tags import GROUP, KIND, ROLE
+from galmorph.workflows.multiseed import aggregate
 
-ROLE_TAG = "galmorph.role"
 SKIP_KINDS = ("multiseed", "sweep", "report", "prepare")
-GROUP_TAGS = ("dataset", "scheme", "model", "backend")
 
 
 @dataclass
@@ -112,11 +113,11 @@ def units(runs, include_nodes: bool = False) -> list:
     out = []
     for r in runs:
         tags = r.data.tags
-        if tags.get(KIND_TAG) in SKIP_KINDS or "test_accuracy" not in r.data.metrics:
+        if tags.get(KIND) in SKIP_KINDS or "test_accuracy" not in r.data.metrics:
             continue
-        if not all(k in tags for k in GROUP_TAGS):
+        if not all(k in tags for k in GROUP):
             continue
-        if tags.get(ROLE_TAG) == "hierarchy_node" and not include_nodes:
+        if tags.get(ROLE) == "hierarchy_node" and not include_nodes:
             continue
         out.append(r)
     return out
@@ -137,7 +138,7 @@ def group(runs, client, scratch: Path) -> list[Group]:
         tags = r.data.tags
         report = _class_report(client, r, scratch)
         names = tuple(report["class_names"]) if report else tuple(r.data.params.get("class_names", "").split(","))
-        key = tuple(tags[k] for k in GROUP_TAGS) + (names,)
+        key = tuple(tags[k] for k in GROUP) + (names,)
         if key not in groups:
             groups[key] = Group(tags["dataset"], tags["scheme"], tags["model"], tags["backend"],
                                 kind_of(tags["scheme"], names), names)
@@ -180,15 +181,7 @@ def _ref_text(ref: dict) -> str:
 
 
 # ------------------------------------------------------------------------------ figures
-def _plt():
-    from galmorph.plots import _plt as plt
-
-    return plt()
-
-
 def mean_confusion(g: Group, path: Path) -> Path | None:
-    from galmorph import plots
-
     mats = [np.asarray(r["confusion_matrix_normalised"], float) for r in g.reports if r]
     if not mats:
         return None
@@ -200,9 +193,8 @@ def mean_confusion(g: Group, path: Path) -> Path | None:
 def learning_curves(groups: list[Group], client, path: Path, title: str) -> Path | None:
     """Validation (solid) and training (dashed) loss and accuracy per epoch of every run of
     `groups` (one colour per model x backend), side by side."""
-    from galmorph.plots import _save
 
-    plt = _plt()
+    plt = plots.pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     drawn = False
     for ci, g in enumerate(groups):
@@ -226,16 +218,14 @@ def learning_curves(groups: list[Group], client, path: Path, title: str) -> Path
     a2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     a2.legend(fontsize=7, loc="lower right")
     fig.suptitle(title)
-    return _save(fig, path)
+    return plots.save(fig, path)
 
 
 def timing_figure(rows: list[dict], path: Path) -> Path | None:
-    from galmorph.plots import _save
-
     rows = [r for r in rows if np.isfinite(r.get("img_s", np.nan))]
     if not rows:
         return None
-    plt = _plt()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.5 * len(rows) + 1.5), 3.8))
     colours = {"keras": "C0", "torch": "C1"}
     labels = [f"{r['model']} {r['backend']}\n{r['dataset']}\n{r['scheme']}\n{r['input']}" for r in rows]
@@ -244,7 +234,7 @@ def timing_figure(rows: list[dict], path: Path) -> Path | None:
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
     ax.set_ylabel("training images / s (steady epochs)")
     ax.set_title("training throughput per backend")
-    return _save(fig, path)
+    return plots.save(fig, path)
 
 
 # ------------------------------------------------------------------------------ build
@@ -253,7 +243,6 @@ def build(groups: list[Group], client, fig_dir: Path, cfg: ReportConfig, n_runs:
     refs = references()
     fig_dir.mkdir(parents=True, exist_ok=True)
     blocks: list[tuple] = [("h1", cfg.title)]
-    from galmorph import __version__
 
     blocks.append(("p", f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by galmorph {__version__} from "
                         f"{n_runs} finished runs ({len(groups)} groups) of experiment(s) "
@@ -280,7 +269,7 @@ def build(groups: list[Group], client, fig_dir: Path, cfg: ReportConfig, n_runs:
     hier = [g for g in groups if g.kind == "hierarchy"]
     if hier:
         blocks.append(("p", "Hierarchical classifiers: the product of the binary node networks' probabilities "
-                            "along each class's path (`galmorph.hierarchy`); greedy = following each node's "
+                            "along each class's path (`galmorph.workflows.hierarchy`); greedy = following each node's "
                             "arg-max: " + "; ".join(f"{g.label} {_stem(g.dataset)} {g.scheme}: greedy "
                                                    f"{_pm(g.metrics(), 'test_greedy_accuracy')}" for g in hier) + "."))
 
@@ -359,7 +348,7 @@ def build(groups: list[Group], client, fig_dir: Path, cfg: ReportConfig, n_runs:
     if shown:
         blocks.append(("h2", "Feature maps and Grad-CAM"))
         blocks.append(("p", "First-convolution feature maps and Grad-CAM (last convolution, predicted class) of a few "
-                            "test galaxies per class, from one run of each group (`galmorph.explain`)."))
+                            "test galaxies per class, from one run of each group (`galmorph.workflows.explain`)."))
         for g, paths in shown:
             blocks.append(("h3", f"{g.label}, {_stem(g.dataset)} {g.scheme}"))
             blocks.append(("images", [(p, p.stem.replace("_", " ")) for p in paths]))
@@ -453,7 +442,6 @@ def render_html(blocks, title: str) -> str:
 
 def write(blocks, out: Path, title: str) -> list[Path]:
     """report.md and report.html in `out` (figures must already be under it)."""
-    from galmorph.io import atomic_write
 
     md = atomic_write(out / "report.md", lambda fh: fh.write(render_markdown(blocks, out)))
     page = atomic_write(out / "report.html", lambda fh: fh.write(render_html(blocks, title)))
@@ -476,7 +464,7 @@ def run(cfg: ReportConfig) -> list[Path]:
         raise GalmorphError(f"cannot create the report folder {out} ({exc.strerror}); pass a writable --output") from None
     fig_dir = out / "figures"
     tracking.configure(cfg.log_experiment)
-    with tracking.run("report", tags={KIND_TAG: "report"}, system_metrics=False):
+    with tracking.run("report", tags={KIND: "report"}, system_metrics=False):
         tracking.log_params({"experiments": ",".join(cfg.experiments), "filter": cfg.filter, "output": str(out),
                              "n_runs": len(chosen), "include_nodes": cfg.include_nodes})
         with tempfile.TemporaryDirectory(prefix="galmorph-report-") as scratch:

@@ -8,7 +8,7 @@ although they called it g.
 
 from __future__ import annotations
 
-from galmorph.errors import GalmorphError
+from galmorph.core.errors import GalmorphError
 
 CHANNEL = {"i": 0, "r": 1, "g": 2}
 BANDS = ("g", "r", "i", "gri")

@@ -8,64 +8,18 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from galmorph import augment, bands, metrics, plots, specs, splits, system, tracking, training
+from galmorph import backends, tracking
 from galmorph.config import TrainConfig
-from galmorph.data import registry
-
-SYNTHETIC_DATA_SEED = 0  # the synthetic images stay the same whatever the training seed
-SUBSET_SEED = 0  # likewise the max_images subset: seeds vary the split and the weights only
-
-
-@dataclass
-class Prepared:
-    """Data ready to train on: loaded once, reused by every trial of a study."""
-
-    data: registry.Dataset
-    split: splits.Split
-    maker: augment.BatchMaker
-
-
-def prepare(config: TrainConfig, *, merge_val_into_train: bool = False) -> Prepared:
-    """Load the dataset, apply scheme and max_images, make (or reuse) the split.
-
-    merge_val_into_train: train on train+validation (the final retrain after a study,
-    galmorph.tune.retrain); the test split is unchanged, and the validation images stay as
-    the split's `val`, so the run's val_* metrics are then measured on trained-on images.
-    """
-    data = registry.load(
-        config.dataset, config.scheme, schemes_file=config.schemes_file or None,
-        synthetic_n=config.synthetic_n, synthetic_noise=config.synthetic_noise, seed=SYNTHETIC_DATA_SEED,
-    )
-    if config.max_images:
-        data = data.subset(splits.stratified_subset(data.labels, config.max_images, seed=SUBSET_SEED))
-    if config.split_file:
-        split = splits.load(Path(config.split_file), data.rows)
-    else:
-        split = splits.stratified(data.labels, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-                                  seed=config.seed, groups=data.groups, class_names=data.class_names)
-    if merge_val_into_train:
-        import dataclasses
-
-        split = dataclasses.replace(split, train=np.sort(np.concatenate([split.train, split.val])))
-    maker = augment.BatchMaker(data.images, bands.channels(config.band), config.crop_fraction)
-    return Prepared(data, split, maker)
-
-
-def hyper_from(config: TrainConfig, train_labels: np.ndarray, n_classes: int) -> training.Hyper:
-    cw = training.balanced_class_weight(train_labels, n_classes) if config.class_weights == "balanced" else None
-    return training.Hyper(
-        epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-        optimizer=config.optimizer, weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
-        class_weight=cw, seed=config.seed, threads=config.threads, eval_batch_size=config.eval_batch_size,
-        precision=config.precision, compile=config.compile, channels_last=config.channels_last,
-        loader_workers=config.loader_workers, prefetch=config.prefetch, pin_memory=config.pin_memory,
-        devices=config.devices,
-    )
+from galmorph.core import metrics, specs, system, training
+from galmorph.data import augment, registry, splits
+from galmorph.tracking import figures as plots
+from galmorph.tracking import tags
+from galmorph.workflows import explain
+from galmorph.workflows.prepare import Prepared, hyper_from, prepare, train_stream
 
 
 def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, nested: bool = False,
@@ -76,7 +30,7 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
     validation), so that callers know which run was theirs even when it fails.
 
     `after_fit(backend, model, prepared)`, if given, is called with the trained model (best
-    weights restored) inside the run, e.g. to predict other images (galmorph.hierarchy).
+    weights restored) inside the run, e.g. to predict other images (galmorph.workflows.hierarchy).
 
     Under `mlflow run` the run that MLflow created is continued. Bad settings end the run
     FAILED with the reason in the `failure_reason` tag, before any training.
@@ -87,10 +41,10 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
     if launched is not None:
         return launched
     tracking.configure(config.experiment)
-    tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset,
-            "scheme": config.scheme, **(extra_tags or {})}
-    name = config.run_name or f"{config.model}-{config.backend}-{Path(config.dataset).stem}"
-    with tracking.run(name, nested=nested, tags=tags, system_metrics=not nested) as active:
+    run_tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset,
+                "scheme": config.scheme, **(extra_tags or {})}
+    name = config.run_name or tags.run_name(config.model, config.backend, config.dataset)
+    with tracking.run(name, nested=nested, tags=run_tags, system_metrics=not nested) as active:
         if started is not None:
             started(active.info.run_id)
         config.validate()
@@ -98,8 +52,6 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
 
 
 def _run(config, active, prepared, trial, mlflow, after_fit=None) -> dict:
-    from galmorph import backends
-
     tracking.log_params({**config.to_dict(), **{f"version_{k}": v for k, v in system.library_versions().items()}})
     t_data = time.perf_counter()
     prepared = prepared or prepare(config)
@@ -160,22 +112,14 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None) -> dict:
     with tracking.artifact_dir() as out:
         _write_artifacts(out, config, data, split, spec, report, proba, reporter, digest)
     if config.explain:
-        from galmorph import explain
-
         explain.log_explanations(backend, model, prepared, config)
     if after_fit is not None:
         after_fit(backend, model, prepared)
     if config.log_model:
         example = maker.batch(split.test[: min(4, split.test.size)])
         uri = backend.log_model(model, "model", example)
-        mlflow.set_tag("model_uri", uri)
+        mlflow.set_tag(tags.MODEL_URI, uri)
     return final
-
-
-def train_stream(config: TrainConfig, prepared: Prepared) -> augment.TrainStream:
-    """The training batches of a run (the global batch when data-parallel)."""
-    return augment.TrainStream(prepared.maker, prepared.split.train, prepared.data.labels, mode=config.augment,
-                               batch_size=config.batch_size, seed=config.seed)
 
 
 def _data_parallel(config: TrainConfig) -> dict | None:
@@ -187,7 +131,6 @@ def _data_parallel(config: TrainConfig) -> dict | None:
     """
     if config.devices <= 1:
         return None
-    from galmorph import backends
 
     config.validate()
     backend = backends.get(config.backend)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from galmorph.errors import GalmorphError
+from galmorph.core.errors import GalmorphError
 
 MODES = ("paper40", "random", "none")
 PAPER_CROP_FRACTION = 100 / 110
@@ -66,7 +66,7 @@ def view_maps(image_size: int, crop: int) -> np.ndarray:
 class BatchMaker:
     """Makes normalised NHWC float32 batches of chosen (image, view) pairs.
 
-    images: uint8 (N, H, H, 3) (not copied); channels: band channel indices (galmorph.bands).
+    images: uint8 (N, H, H, 3) (not copied); channels: band channel indices (galmorph.data.bands).
     """
 
     def __init__(self, images: np.ndarray, channels, crop_fraction: float = PAPER_CROP_FRACTION):

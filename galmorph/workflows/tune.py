@@ -2,8 +2,8 @@
 
 - Search spaces are YAML files, experiments/search_spaces/<model>.yaml; `load_space` checks
   them and `sample(trial, space)` turns a trial into TrainConfig overrides.
-- The data is loaded once (`galmorph.train.prepare`); the objective only samples, trains
-  through `galmorph.train.run` (the code of every entry point) and returns the validation
+- The data is loaded once (`galmorph.workflows.prepare`); the objective only samples, trains
+  through `galmorph.workflows.train.run` (the code of every entry point) and returns the validation
   accuracy of the restored best-validation-loss weights. The per-epoch reporter reports
   `val_accuracy` to the trial and prunes; a pruned trial becomes optuna.TrialPruned.
 - MLflow: one parent run per invocation, one nested child run per trial (the trial's
@@ -34,10 +34,15 @@ import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from galmorph import tracking, training
+from galmorph import tracking
 from galmorph.config import BACKENDS, TrainConfig, option
-from galmorph.errors import GalmorphError
+from galmorph.core import training
+from galmorph.core.errors import GalmorphError
+from galmorph.core.paths import experiments_dir
+from galmorph.tracking import figures as plots
 from galmorph.tracking import redact
+from galmorph.tracking.tags import ROLE, run_name
+from galmorph.workflows import prepare, train
 
 SAMPLERS = ("tpe", "random", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
@@ -98,7 +103,7 @@ class TuneConfig:
     run_name: str = option("", "MLflow name of the study run (default: tune-<study name>)", mlproject=False)
 
     def resolved_study_name(self) -> str:
-        return self.study_name or f"{self.model}-{self.backend}-{Path(self.dataset).stem}-{self.scheme}"
+        return self.study_name or run_name(self.model, self.backend, self.dataset, self.scheme)
 
     def resolved_storage(self) -> str:
         return self.storage or DEFAULT_STORAGE
@@ -188,8 +193,6 @@ _PARAM_KEYS = {"type", "field", "low", "high", "log", "step", "choices", "when"}
 
 
 def space_path(model: str, search_space: str = "") -> Path:
-    from galmorph.paths import experiments_dir
-
     if search_space:
         path = Path(search_space).expanduser()
     else:
@@ -485,15 +488,13 @@ def make_objective(base: TrainConfig, space: SearchSpace, prepared, study_name: 
     """objective(trial) -> validation accuracy; everything but sampling is train.run's."""
     import optuna
 
-    from galmorph import train
-
     def objective(trial) -> float:
         overrides = sample(trial, space)
         trial.set_user_attr("config_overrides", overrides)
         trial.set_user_attr("epochs_max", base.epochs)
         trial.set_user_attr("mlflow_run_id", "")  # a retried trial inherits the dead one's attrs
         config = base.replace(**overrides, run_name=f"{study_name}-trial-{trial.number}")
-        tags = {"optuna_study": study_name, "optuna_trial_number": str(trial.number), "role": "trial",
+        tags = {"optuna_study": study_name, "optuna_trial_number": str(trial.number), ROLE: "trial",
                 "mlflow.runName": config.run_name}  # tracking.run names only top-level runs
         retry_of = _retried_trial_number(trial)
         if retry_of is not None:
@@ -566,12 +567,11 @@ def tune(config: TuneConfig, *, pruner=None, sampler=None) -> dict:
     import numpy as np
 
     optuna = _quiet_optuna()
-    from galmorph import train
 
     study_name, storage_url = config.resolved_study_name(), config.resolved_storage()
     base = config.train_config()
     tracking.configure(config.experiment)
-    tags = {"optuna_study": study_name, "optuna_storage": redact(storage_url), "role": "study",
+    tags = {"optuna_study": study_name, "optuna_storage": redact(storage_url), ROLE: "study",
             "model": config.model, "backend": config.backend, "dataset": config.dataset}
     with tracking.run(config.run_name or f"tune-{study_name}", tags=tags) as parent:
         config.validate()  # inside the run: bad settings end it FAILED with the reason, like train.run
@@ -580,7 +580,7 @@ def tune(config: TuneConfig, *, pruner=None, sampler=None) -> dict:
                              "storage": redact(storage_url), "study_name": study_name,
                              "search_space_file": str(space.path)})
         storage = open_storage(storage_url, config.heartbeat_interval, config.grace_period, config.max_retry)
-        prepared = train.prepare(base)  # once, for every trial of this invocation
+        prepared = prepare.prepare(base)  # once, for every trial of this invocation
         identity = {**{k: getattr(base, k) for k in IDENTITY if k != "dataset_digest"},
                     "dataset_digest": prepared.data.digest()}
         pruner = pruner or make_pruner(config)
@@ -697,9 +697,8 @@ PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "in
 
 def study_plots(study, folder: Path) -> list[str]:
     """Write the study's plots as PNG; return 'name: reason' for each one that could not be made."""
-    from galmorph import plots
 
-    plots._plt()  # the Agg backend, before optuna imports pyplot
+    plots.pyplot()  # the Agg backend, before optuna imports pyplot
     import optuna.visualization.matplotlib as vm
 
     skipped = []
@@ -710,7 +709,7 @@ def study_plots(study, folder: Path) -> list[str]:
                 ax = getattr(vm, f"plot_{name}")(study)
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             fig.set_size_inches(max(fig.get_figwidth(), 8), max(fig.get_figheight(), 5))
-            plots._save(fig, folder / f"{name}.png")
+            plots.save(fig, folder / f"{name}.png")
         except Exception as exc:  # too few trials for importances, etc.: the others still get drawn
             skipped.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
     return skipped
@@ -740,7 +739,6 @@ def retrain(config: RetrainConfig) -> dict:
     import mlflow
 
     optuna = _quiet_optuna()
-    from galmorph import train
 
     if not config.study_name:
         raise GalmorphError("retrain needs --study-name (and --storage where the study is not in the default)")
@@ -766,12 +764,12 @@ def retrain(config: RetrainConfig) -> dict:
                        experiment=config.experiment, dataset=config.dataset or base.dataset,
                        run_name=config.run_name or f"{config.study_name}-retrain-trial-{best.number}")
     cfg.validate()
-    prepared = train.prepare(cfg, merge_val_into_train=True)
+    prepared = prepare.prepare(cfg, merge_val_into_train=True)
     want = (study.user_attrs.get("galmorph_identity") or {}).get("dataset_digest")
     if want and prepared.data.digest() != want:
         raise GalmorphError(f"the dataset {cfg.dataset} differs from the study's (digest {prepared.data.digest()} "
                             f"vs {want}); pass --dataset with the study's data")
-    tags = {"optuna_study": config.study_name, "optuna_trial_number": str(best.number), "role": "retrain",
+    tags = {"optuna_study": config.study_name, "optuna_trial_number": str(best.number), ROLE: "retrain",
             "val_merged_into_train": "true", "study_best_run_id": best.user_attrs.get("mlflow_run_id") or "",
             "optuna_storage": redact(storage_url)}
     started = []

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from galmorph.errors import GalmorphError
-from galmorph.paths import load_yaml
+from galmorph.core.errors import GalmorphError
+from galmorph.core.paths import load_yaml
 
 
 @dataclass(frozen=True)

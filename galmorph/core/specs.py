@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from galmorph.errors import GalmorphError
-from galmorph.paths import load_yaml
+from galmorph.core.errors import GalmorphError
+from galmorph.core.paths import load_yaml
 
 LAYER_TYPES = ("conv", "bn", "maxpool", "flatten", "dropout", "dense", "output")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from galmorph.errors import GalmorphError
+from galmorph.core.errors import GalmorphError
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from galmorph.errors import GalmorphError
+from galmorph.core.errors import GalmorphError
 
 # Batches made ahead by worker threads with a GPU: the host must gather ~20k images/s there.
 GPU_LOADER_WORKERS = 4
@@ -63,7 +63,7 @@ def precision(value: str, on_gpu: bool, bf16_supported: bool) -> str:
 
 
 def resolve(hyper, *, on_gpu: bool, bf16_supported: bool) -> Settings:
-    """The settings a backend applies for `hyper` (a galmorph.training.Hyper)."""
+    """The settings a backend applies for `hyper` (a galmorph.core.training.Hyper)."""
     workers = hyper.loader_workers or (GPU_LOADER_WORKERS if on_gpu else 1)
     return Settings(
         precision=precision(hyper.precision, on_gpu, bf16_supported),

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from galmorph.errors import GalmorphError
-from galmorph.io import atomic_write
+from galmorph.core.errors import GalmorphError
+from galmorph.core.io import atomic_write
 
 SPLITS = ("train", "val", "test")
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from galmorph import metrics
-from galmorph.errors import GalmorphError
+from galmorph.core import metrics
+from galmorph.core.errors import GalmorphError
 
 # Constants both backends use, so that the two builds of a network are the same network.
 ADAM_EPSILON = 1e-7
@@ -55,7 +55,7 @@ class Hyper:
     seed: int = 0
     threads: int = 0
     eval_batch_size: int = 512
-    # performance settings: meaning and `auto` rules in galmorph.acceleration
+    # performance settings: meaning and `auto` rules in galmorph.core.acceleration
     precision: str = "auto"
     compile: str = "auto"
     channels_last: str = "auto"

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from galmorph import augment
-from galmorph.errors import GalmorphError
+from galmorph.core.errors import GalmorphError
+from galmorph.data import augment
 
 
 def ordered(make: Callable[[int], object], n: int, workers: int = 1, prefetch: int = 2) -> Iterator:

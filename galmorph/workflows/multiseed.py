@@ -1,8 +1,8 @@
 """One configuration repeated over several seeds, and sweeps of it over class schemes.
 
 `run(config, seeds)` opens a parent MLflow run (tag `galmorph.kind=multiseed`), trains one
-nested child run per seed through `galmorph.train.run` (or, with `hierarchy=`, one
-hierarchical classifier per seed through `galmorph.hierarchy.run`), and logs on the parent
+nested child run per seed through `galmorph.workflows.train.run` (or, with `hierarchy=`, one
+hierarchical classifier per seed through `galmorph.workflows.hierarchy.run`), and logs on the parent
 `<metric>_mean` and `<metric>_std` of every metric the children share (every `test_*`
 metric, best validation accuracy, timings) plus `n_seeds`, with `seeds.csv` (one row per
 seed: its child run and metrics) as an artifact. A seed changes the split, the augmentation
@@ -16,16 +16,18 @@ pair of a scheme (the paper's binary classifiers).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
 from galmorph import tracking
 from galmorph.config import TrainConfig
-from galmorph.errors import GalmorphError
-
-KIND_TAG = "galmorph.kind"
-PARENT_TAG = "galmorph.parent"
+from galmorph.core.errors import GalmorphError
+from galmorph.core.metrics import metric_safe
+from galmorph.data import registry, schemes
+from galmorph.tracking.tags import KIND, PARENT, RUN_NAME, run_name
+from galmorph.workflows import hierarchy as hier
+from galmorph.workflows import train
+from galmorph.workflows.prepare import SYNTHETIC_DATA_SEED
 
 
 def parse_seeds(text, first: int = 0) -> list[int]:
@@ -70,15 +72,11 @@ def run(config: TrainConfig, seeds: list[int], *, hierarchy: str | None = None, 
     """Train `config` once per seed as nested runs of one parent run; return the aggregates."""
     import mlflow
 
-    from galmorph import hierarchy as hier
-    from galmorph import train
-
     tracking.configure(config.experiment)
     scheme = hier.scheme_tag(hierarchy) if hierarchy else config.scheme
-    stem = Path(config.dataset).stem
-    name = config.run_name or f"{config.model}-{config.backend}-{stem}-{scheme}-x{len(seeds)}"
+    name = config.run_name or run_name(config.model, config.backend, config.dataset, scheme, f"x{len(seeds)}")
     tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset, "scheme": scheme,
-            KIND_TAG: "multiseed", "seeds": ",".join(map(str, seeds)), **(extra_tags or {})}
+            KIND: "multiseed", "seeds": ",".join(map(str, seeds)), **(extra_tags or {})}
     with tracking.run(name, nested=nested, tags=tags, system_metrics=not nested) as parent:
         config.validate()
         if not seeds:
@@ -90,7 +88,7 @@ def run(config: TrainConfig, seeds: list[int], *, hierarchy: str | None = None, 
         for seed in seeds:
             child = config.replace(seed=seed, run_name=f"{name}-seed{seed}")
             # nested runs take their name from the mlflow.runName tag
-            child_tags = {PARENT_TAG: parent.info.run_id, "mlflow.runName": child.run_name}
+            child_tags = {PARENT: parent.info.run_id, RUN_NAME: child.run_name}
             if hierarchy:
                 metrics = hier.run(child, hierarchy, nested=True, extra_tags=child_tags)
             else:
@@ -111,7 +109,6 @@ def run(config: TrainConfig, seeds: list[int], *, hierarchy: str | None = None, 
 def expand_schemes(config: TrainConfig, text: str) -> list[str]:
     """A comma-separated list of schemes; `pairs` / `pairs:<scheme>` expand to every class
     pair of that scheme (default: the dataset's default), e.g. 4way:E-vs-S0, 4way:E-vs-Sp, ..."""
-    from galmorph import schemes
 
     out: list[str] = []
     for item in [s.strip() for s in str(text).split(",") if s.strip()] or [config.scheme]:
@@ -133,9 +130,9 @@ def sweep(config: TrainConfig, seeds: list[int], scheme_list: list[str]) -> dict
     if len(scheme_list) == 1:
         return {scheme_list[0]: run(config.replace(scheme=scheme_list[0]), seeds)}
     tracking.configure(config.experiment)
-    name = config.run_name or f"{config.model}-{config.backend}-{Path(config.dataset).stem}-sweep"
+    name = config.run_name or run_name(config.model, config.backend, config.dataset, "sweep")
     tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset,
-            KIND_TAG: "sweep", "schemes": ",".join(scheme_list)[:5000]}
+            KIND: "sweep", "schemes": ",".join(scheme_list)[:5000]}
     out = {}
     with tracking.run(name, tags=tags) as parent:
         config.validate()
@@ -143,10 +140,9 @@ def sweep(config: TrainConfig, seeds: list[int], scheme_list: list[str]) -> dict
         for scheme in scheme_list:
             cfg = config.replace(scheme=scheme, run_name="")
             out[scheme] = run(cfg, seeds, nested=True,
-                              extra_tags={PARENT_TAG: parent.info.run_id, "mlflow.runName": f"{name}-{scheme}"})
+                              extra_tags={PARENT: parent.info.run_id, RUN_NAME: f"{name}-{scheme}"})
             acc = out[scheme].get("test_accuracy_mean")
             if acc is not None and math.isfinite(acc):
-                from galmorph.metrics import metric_safe
 
                 mlflow.log_metric(f"test_accuracy_mean_{metric_safe(scheme)}", acc)
     return out
@@ -155,14 +151,11 @@ def sweep(config: TrainConfig, seeds: list[int], scheme_list: list[str]) -> dict
 def _child(mlflow, parent, seed: int):
     """The finished child run of `parent` (a RunInfo) for `seed`."""
     (run,) = mlflow.MlflowClient().search_runs(
-        [parent.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.run_id}' and params.seed = '{seed}'")
+        [parent.experiment_id], f"tags.`{PARENT}` = '{parent.run_id}' and params.seed = '{seed}'")
     return run
 
 
 def _load(config: TrainConfig, scheme: str):
-    from galmorph.data import registry
-    from galmorph.train import SYNTHETIC_DATA_SEED
-
     return registry.load(config.dataset, scheme, schemes_file=config.schemes_file or None,
                          synthetic_n=config.synthetic_n, synthetic_noise=config.synthetic_noise, seed=SYNTHETIC_DATA_SEED)
 

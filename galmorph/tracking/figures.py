@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from galmorph.io import atomic_path
+from galmorph.core.io import atomic_path
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,19 +19,20 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save(fig, path: Path) -> Path:
+    """Write `fig` atomically (format from the suffix) and close it."""
     path = Path(path)
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     finally:
-        _plt().close(fig)
+        pyplot().close(fig)
     return path
 
 
 def confusion_matrix(report: dict, path: Path, normalised: bool = True, title: str = "") -> Path:
     """Confusion matrix with true classes as rows, labelled in the report's class order."""
-    plt = _plt()
+    plt = pyplot()
     names = report["class_names"]
     cm = np.asarray(report["confusion_matrix_normalised" if normalised else "confusion_matrix"], dtype=float)
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(names), 1.0 + 0.8 * len(names)))
@@ -46,12 +48,12 @@ def confusion_matrix(report: dict, path: Path, normalised: bool = True, title: s
             ax.text(j, i, text, ha="center", va="center", color="white" if cm[i, j] > thresh else "black", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title or ("confusion matrix (row-normalised)" if normalised else "confusion matrix (counts)"))
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def learning_curves(history, path: Path, title: str = "") -> Path:
     """Loss and accuracy per epoch, train and validation."""
-    plt = _plt()
+    plt = pyplot()
     epochs = [r.epoch + 1 for r in history]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     a1.plot(epochs, [r.train_loss for r in history], "o-", label="train")
@@ -66,4 +68,4 @@ def learning_curves(history, path: Path, title: str = "") -> Path:
     a2.legend()
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)

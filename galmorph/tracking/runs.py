@@ -9,7 +9,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from galmorph.errors import GalmorphError
+from galmorph.core.errors import GalmorphError
 
 _SECRET = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
 

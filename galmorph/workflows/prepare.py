@@ -1,0 +1,73 @@
+"""Data preparation shared by every workflow: the dataset loaded once, its scheme and subset
+applied, the split made (or reused), and the batch maker over the uint8 images.
+
+Training, explaining, multi-seed groups, hierarchies and Optuna studies all start here, so
+that the same settings give the same images, split and batches in every one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from galmorph.config import TrainConfig
+from galmorph.core import training
+from galmorph.data import augment, bands, registry, splits
+
+SYNTHETIC_DATA_SEED = 0  # the synthetic images stay the same whatever the training seed
+SUBSET_SEED = 0  # likewise the max_images subset: seeds vary the split and the weights only
+
+
+@dataclass
+class Prepared:
+    """Data ready to train on: loaded once, reused by every trial of a study."""
+
+    data: registry.Dataset
+    split: splits.Split
+    maker: augment.BatchMaker
+
+
+def prepare(config: TrainConfig, *, merge_val_into_train: bool = False) -> Prepared:
+    """Load the dataset, apply scheme and max_images, make (or reuse) the split.
+
+    merge_val_into_train: train on train+validation (the final retrain after a study,
+    galmorph.workflows.tune.retrain); the test split is unchanged, and the validation images stay as
+    the split's `val`, so the run's val_* metrics are then measured on trained-on images.
+    """
+    data = registry.load(
+        config.dataset, config.scheme, schemes_file=config.schemes_file or None,
+        synthetic_n=config.synthetic_n, synthetic_noise=config.synthetic_noise, seed=SYNTHETIC_DATA_SEED,
+    )
+    if config.max_images:
+        data = data.subset(splits.stratified_subset(data.labels, config.max_images, seed=SUBSET_SEED))
+    if config.split_file:
+        split = splits.load(Path(config.split_file), data.rows)
+    else:
+        split = splits.stratified(data.labels, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                                  seed=config.seed, groups=data.groups, class_names=data.class_names)
+    if merge_val_into_train:
+        import dataclasses
+
+        split = dataclasses.replace(split, train=np.sort(np.concatenate([split.train, split.val])))
+    maker = augment.BatchMaker(data.images, bands.channels(config.band), config.crop_fraction)
+    return Prepared(data, split, maker)
+
+
+def hyper_from(config: TrainConfig, train_labels: np.ndarray, n_classes: int) -> training.Hyper:
+    cw = training.balanced_class_weight(train_labels, n_classes) if config.class_weights == "balanced" else None
+    return training.Hyper(
+        epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+        optimizer=config.optimizer, weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
+        class_weight=cw, seed=config.seed, threads=config.threads, eval_batch_size=config.eval_batch_size,
+        precision=config.precision, compile=config.compile, channels_last=config.channels_last,
+        loader_workers=config.loader_workers, prefetch=config.prefetch, pin_memory=config.pin_memory,
+        devices=config.devices,
+    )
+
+
+def train_stream(config: TrainConfig, prepared: Prepared) -> augment.TrainStream:
+    """The training batches of a run (the global batch when data-parallel)."""
+    return augment.TrainStream(prepared.maker, prepared.split.train, prepared.data.labels, mode=config.augment,
+                               batch_size=config.batch_size, seed=config.seed)
