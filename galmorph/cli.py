@@ -1,4 +1,5 @@
-"""The `galmorph` command. Subcommands are thin shells around importable functions.
+"""The `galmorph` command. Subcommands are thin shells around importable functions; their
+flags are derived from the config classes (galmorph.config.settings_of), never restated here.
 
 User errors (GalmorphError) print one line, `galmorph: error: ...`, and exit with 2.
 """
@@ -7,22 +8,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import MISSING, fields
 
 from galmorph.core.errors import GalmorphError
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> None:
-    """One --flag per field of a config dataclass, typed and with its help and default."""
-    for f in fields(cls):
-        if f.name in skip:
+    """One --flag per setting of a config class (galmorph.config.settings_of), typed, with its
+    help, allowed values and default."""
+    from galmorph.config import settings_of
+
+    for s in settings_of(cls):
+        if s.name in skip:
             continue
-        default = f.default if f.default is not MISSING else None
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
-        kind = {"int": int, "float": float, "str": str, "bool": _bool}[f.type if isinstance(f.type, str) else f.type.__name__]
-        parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=f.metadata.get("choices"),
-                            metavar=f.name.upper() if not f.metadata.get("choices") else None, help=help_text)
+        help_text = s.help + (" (required)" if s.required else f" (default: {s.default})")
+        parser.add_argument(s.flag, dest=s.name, type=_bool if s.type is bool else s.type, default=s.default,
+                            required=s.required, choices=s.choices, metavar=None if s.choices else s.name.upper(),
+                            help=help_text)
 
 
 def _bool(text):
@@ -35,7 +36,10 @@ def _bool(text):
 
 
 def config_from(args, cls):
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+    """The config of class `cls` that the parsed flags describe."""
+    from galmorph.config import build
+
+    return build(cls, vars(args))
 
 
 def cmd_train(args) -> int:
@@ -98,38 +102,10 @@ def cmd_data_generate(args) -> int:
 
 
 def cmd_data_prepare(args) -> int:
-    """Prepare nair2010 as an MLflow run of its own: counts and failures as params, manifest
-    and failures CSV as artifacts."""
-    from pathlib import Path
+    from galmorph.data.nair2010 import PrepareConfig
+    from galmorph.workflows import prepare_nair2010
 
-    import mlflow
-
-    from galmorph import tracking
-    from galmorph.core.metrics import metric_safe
-    from galmorph.data import nair2010
-    from galmorph.tracking.tags import KIND
-
-    out = Path(args.out).expanduser() if args.out else nair2010.default_output_path()
-    tracking.configure(args.experiment)
-    with tracking.run("prepare-nair2010", tags={KIND: "prepare", "dataset": "nair2010"}):
-        tracking.log_params({"out": str(out), "cache_dir": args.cache_dir or "", "cutout_url": args.cutout_url,
-                             "vizier_server": args.vizier_server or "", "workers": args.workers,
-                             "max_rate": args.max_rate, "retries": args.retries, "timeout": args.timeout,
-                             "limit": args.limit})
-        try:
-            manifest = nair2010.prepare(out, args.cache_dir or None, cutout_url=args.cutout_url,
-                                        vizier_server=args.vizier_server or None, workers=args.workers,
-                                        max_rate=args.max_rate, retries=args.retries, timeout=args.timeout,
-                                        limit=args.limit or None, progress=not args.quiet)
-        finally:
-            if nair2010.failures_path(out).is_file():
-                mlflow.log_artifact(str(nair2010.failures_path(out)))
-        counts = {"n_galaxies": manifest["n_galaxies"], "n_failed": manifest["n_failed"],
-                  "n_catalogue": manifest["n_catalogue"],
-                  **{f"n_{metric_safe(k)}": v for k, v in manifest["class_counts"].items()}}
-        tracking.log_params({**counts, "sha256": manifest["sha256"], "catalogue_server": manifest["catalogue_server"]})
-        mlflow.log_metrics({k: float(v) for k, v in counts.items()})
-        mlflow.log_artifact(str(nair2010.manifest_path(out)))
+    manifest = prepare_nair2010.run(config_from(args, PrepareConfig), progress=not args.quiet)
     print(f"{manifest['path']}: {manifest['n_galaxies']} galaxies, {manifest['n_failed']} without a cutout")
     return 0
 
@@ -141,36 +117,32 @@ def _print_summary(label: str, summary: dict) -> None:
 
 
 def cmd_multiseed(args) -> int:
-    from galmorph.config import TrainConfig
     from galmorph.workflows import multiseed
 
-    config = config_from(args, TrainConfig)
-    seeds = multiseed.parse_seeds(args.seeds, config.seed)
-    for scheme, summary in multiseed.sweep(config, seeds, multiseed.expand_schemes(config, args.schemes)).items():
+    config = config_from(args, multiseed.MultiseedConfig)
+    seeds = multiseed.parse_seeds(config.seeds, config.base.seed)
+    for scheme, summary in multiseed.sweep(config.base, seeds, multiseed.expand_schemes(config.base, config.schemes)).items():
         _print_summary(scheme, summary)
     return 0
 
 
 def cmd_hierarchy(args) -> int:
-    from galmorph.config import TrainConfig
     from galmorph.workflows import hierarchy, multiseed
 
-    config = config_from(args, TrainConfig)
-    seeds = multiseed.parse_seeds(args.seeds, config.seed)
+    config = config_from(args, hierarchy.HierarchyConfig)
+    seeds = multiseed.parse_seeds(config.seeds, config.base.seed)
     if len(seeds) == 1:
-        summary = hierarchy.run(config.replace(seed=seeds[0]), args.tree)
+        summary = hierarchy.run(config.base.replace(seed=seeds[0]), config.tree)
     else:
-        summary = multiseed.run(config, seeds, hierarchy=args.tree)
-    _print_summary(hierarchy.scheme_tag(args.tree), summary)
+        summary = multiseed.run(config.base, seeds, hierarchy=config.tree)
+    _print_summary(hierarchy.scheme_tag(config.tree), summary)
     return 0
 
 
 def cmd_report(args) -> int:
     from galmorph.workflows import report
 
-    paths = report.run(report.ReportConfig(
-        experiments=[e.strip() for e in args.experiments.split(",") if e.strip()], filter=args.filter,
-        output=args.output, log_experiment=args.log_experiment, title=args.title, include_nodes=args.include_nodes))
+    paths = report.run(config_from(args, report.ReportConfig))
     print("\n".join(str(p) for p in paths))
     return 0
 
@@ -178,121 +150,87 @@ def cmd_report(args) -> int:
 def cmd_explain(args) -> int:
     from galmorph.workflows import explain
 
-    result = explain.explain_run(args.run_id, per_class=args.per_class)
-    print(f"run {args.run_id}: explained {len(result['labels'])} test galaxies (artifacts under explain/)")
+    config = config_from(args, explain.ExplainConfig)
+    result = explain.explain_run(config.run_id, per_class=config.per_class)
+    print(f"run {config.run_id}: explained {len(result['labels'])} test galaxies (artifacts under explain/)")
     return 0
+
+
+def _command(sub, name: str, cls, func, help: str, description: str, skip=()) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=description)
+    if cls is not None:
+        add_config_arguments(p, cls, skip)
+    p.set_defaults(func=func)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
     from galmorph import __version__
     from galmorph.config import TrainConfig
     from galmorph.data import registry
+    from galmorph.data.nair2010 import PrepareConfig
+    from galmorph.workflows.explain import ExplainConfig
+    from galmorph.workflows.hierarchy import HierarchyConfig
+    from galmorph.workflows.multiseed import MultiseedConfig
+    from galmorph.workflows.report import ReportConfig
+    from galmorph.workflows.tune import RetrainConfig, TuneConfig
 
     parser = argparse.ArgumentParser(prog="galmorph", description="CNN galaxy morphology experiments, tracked in MLflow.")
     parser.add_argument("--version", action="version", version=f"galmorph {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train and evaluate one network, logged to MLflow",
-                       description="Train C1 or C2 with Keras or PyTorch and log everything to MLflow.")
-    add_config_arguments(p, TrainConfig)
-    p.set_defaults(func=cmd_train)
+    _command(sub, "train", TrainConfig, cmd_train, "train and evaluate one network, logged to MLflow",
+             "Train C1 or C2 with Keras or PyTorch and log everything to MLflow.")
+    _command(sub, "tune", TuneConfig, cmd_tune,
+             "run or continue an Optuna study (one MLflow parent run, a child run per trial)",
+             "Tune C1 or C2 over experiments/search_spaces/<model>.yaml with Optuna; rerun with the same "
+             "--study-name and --storage to continue a study, or start several workers on one PostgreSQL storage. "
+             "The training flags set what every trial starts from; the search space overrides some of them.")
+    _command(sub, "retrain", RetrainConfig, cmd_retrain, "train a study's best trial on train+validation and test it once",
+             "Retrain the best trial of an Optuna study on train+validation for a fixed number of epochs, then "
+             "evaluate once on the study's untouched test split.")
 
-    from galmorph.workflows.tune import RetrainConfig, TuneConfig
-
-    p = sub.add_parser("tune", help="run or continue an Optuna study (one MLflow parent run, a child run per trial)",
-                       description="Tune C1 or C2 over experiments/search_spaces/<model>.yaml with Optuna; rerun "
-                                   "with the same --study-name and --storage to continue a study, or start "
-                                   "several workers on one PostgreSQL storage.")
-    add_config_arguments(p, TuneConfig)
-    p.set_defaults(func=cmd_tune)
-
-    p = sub.add_parser("retrain", help="train a study's best trial on train+validation and test it once",
-                       description="Retrain the best trial of an Optuna study on train+validation for a fixed "
-                                   "number of epochs, then evaluate once on the study's untouched test split.")
-    add_config_arguments(p, RetrainConfig)
-    p.set_defaults(func=cmd_retrain)
-
-    data = sub.add_parser("data", help="download, generate, prepare and inspect datasets",
-                          description="Dataset utilities.")
+    data = sub.add_parser("data", help="download, generate, prepare and inspect datasets", description="Dataset utilities.")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    p = dsub.add_parser("download", help="download Galaxy10 SDSS (210 MB, checksum-verified, resumable)",
-                        description="Download a dataset into the cache ($GALMORPH_CACHE or ~/.cache/galmorph).")
+    p = _command(dsub, "download", None, cmd_data_download, "download Galaxy10 SDSS (210 MB, checksum-verified, resumable)",
+                 "Download a dataset into the cache ($GALMORPH_CACHE or ~/.cache/galmorph).")
     p.add_argument("name", choices=["galaxy10"], help="dataset to download")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_data_download)
-    p = dsub.add_parser("info", help="list datasets, or show one's classes under a scheme",
-                        description="Without a dataset, list the registered datasets.")
+    p = _command(dsub, "info", None, cmd_data_info, "list datasets, or show one's classes under a scheme",
+                 "Without a dataset, list the registered datasets.")
     p.add_argument("dataset", nargs="?", help=f"{', '.join(registry.names())} or a .h5 path")
     p.add_argument("--scheme", default="default", help="class scheme (default: the dataset's)")
     p.add_argument("--schemes-file", default=None, help="extra YAML file of class schemes")
-    p.set_defaults(func=cmd_data_info)
-    p = dsub.add_parser("generate", help="generate (and cache) a synthetic dataset",
-                        description="Generate the synthetic E/S0/Sp/Irr set and print its cached path.")
-    p.add_argument("--n", type=int, default=2000, help="number of images (default: 2000)")
+    p = _command(dsub, "generate", None, cmd_data_generate, "generate (and cache) a synthetic dataset",
+                 "Generate the synthetic E/S0/Sp/Irr set and print its cached path.")
+    p.add_argument("--n", type=int, default=TrainConfig.synthetic_n, help="number of images (default: %(default)s)")
     p.add_argument("--size", type=int, default=69, help="image side in pixels (default: 69)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--noise", type=float, default=1.0, help="noise level / difficulty (default: 1.0)")
-    p.set_defaults(func=cmd_data_generate)
-    p = dsub.add_parser("prepare", help="prepare nair2010: VizieR catalogue + SDSS cutouts (logged as an MLflow run)",
-                        description="Fetch the Nair & Abraham 2010 catalogue and its SDSS cutouts into a Galaxy10-format "
-                                    "file (resumable; cached cutouts are never fetched again) and log the manifest to MLflow.")
+    p.add_argument("--noise", type=float, default=TrainConfig.synthetic_noise,
+                   help="noise level / difficulty (default: %(default)s)")
+    p = _command(dsub, "prepare", PrepareConfig, cmd_data_prepare,
+                 "prepare nair2010: VizieR catalogue + SDSS cutouts (logged as an MLflow run)",
+                 "Fetch the Nair & Abraham 2010 catalogue and its SDSS cutouts into a Galaxy10-format file "
+                 "(resumable; cached cutouts are never fetched again) and log the manifest to MLflow.")
     p.add_argument("name", choices=["nair2010"], help="dataset to prepare")
-    p.add_argument("--out", default="", help="output HDF5 file (default: $GALMORPH_CACHE/nair2010/nair2010.h5)")
-    p.add_argument("--cache-dir", default="", help="catalogue and cutout cache (default: $GALMORPH_CACHE/nair2010)")
-    p.add_argument("--cutout-url", default="https://skyserver.sdss.org/dr16/SkyServerWS/ImgCutout/getjpeg",
-                   help="SDSS SkyServer ImgCutout getjpeg URL (default: DR16)")
-    p.add_argument("--vizier-server", default="", help="VizieR mirror host (astroquery) or http(s) URL (built-in ASU client); "
-                   "default: astroquery's mirror")
-    p.add_argument("--workers", type=int, default=8, help="parallel cutout requests (default: 8)")
-    p.add_argument("--max-rate", type=float, default=10.0, help="requests per second, all workers together (default: 10)")
-    p.add_argument("--retries", type=int, default=4, help="retries per cutout on errors, 429 and 5xx (default: 4)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default: 30)")
-    p.add_argument("--limit", type=int, default=0, help="only the first N catalogue rows (default: 0 = all 14,034)")
-    p.add_argument("--experiment", default="galmorph", help="MLflow experiment outside `mlflow run` (default: galmorph)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_data_prepare)
 
-    from galmorph.workflows import hierarchy
-
-    p = sub.add_parser("multiseed", help="repeat a training configuration over N seeds (nested runs, mean and std)",
-                       description="Train one configuration once per seed as nested MLflow runs of a parent run that "
-                                   "logs <metric>_mean and <metric>_std of every test metric. With several --schemes, "
-                                   "one such group per scheme under a sweep run.")
-    add_config_arguments(p, TrainConfig)
-    p.add_argument("--seeds", default="3", help="a count (3: seeds SEED..SEED+2) or a list (0,1,2) (default: 3)")
-    p.add_argument("--schemes", default="", help="comma-separated schemes to sweep; `pairs` or `pairs:<scheme>` = every "
-                   "class pair of the default or named scheme (the paper's binary classifiers) (default: --scheme)")
-    p.set_defaults(func=cmd_multiseed)
-
-    p = sub.add_parser("hierarchy", help="train a hierarchical classifier of binary networks (experiments/hierarchies.yaml)",
-                       description="One network per node of the tree, as nested runs; the combined classifier is "
-                                   "evaluated on the flat scheme's test split. --seeds N repeats it as a multi-seed group.")
-    add_config_arguments(p, TrainConfig, skip=("scheme",))
-    p.add_argument("--tree", default="early_late_4way", choices=hierarchy.names(), help="hierarchy (default: early_late_4way)")
-    p.add_argument("--seeds", default="1", help="a count or a list of seeds, as for multiseed (default: 1)")
-    p.set_defaults(func=cmd_hierarchy)
-
-    p = sub.add_parser("report", help="write the reproduction report (Markdown + HTML) from MLflow runs",
-                       description="Read finished runs, group them by dataset, scheme, model and backend, and write "
-                                   "accuracy over seeds next to the paper's and PHYS449's numbers, per-class recall, "
-                                   "confusion matrices, learning curves, timings and saliency figures.")
-    p.add_argument("--experiments", default="galmorph", help="comma-separated MLflow experiment names (default: galmorph)")
-    p.add_argument("--filter", default="", help="MLflow filter on the runs, e.g. \"tags.dataset = 'synthetic'\"")
-    p.add_argument("--output", default="reports/reproduction", help="folder for report.md, report.html and figures "
-                   "(default: reports/reproduction)")
-    p.add_argument("--log-experiment", default="galmorph-reports", help="experiment of the report's own run outside "
-                   "`mlflow run` (default: galmorph-reports)")
-    p.add_argument("--title", default="Reproducing Cavanagh, Bekki & Groves 2021", help="report title")
-    p.add_argument("--include-nodes", type=_bool, default=False, help="also list the binary node networks of "
-                   "hierarchical classifiers as rows (default: false)")
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("explain", help="feature maps and Grad-CAM of a logged run's model, added to that run",
-                       description="Load a finished run's model, config and split, and log feature maps of the first "
-                                   "convolutions and Grad-CAM saliency of a few test galaxies per class under explain/.")
-    p.add_argument("--run-id", required=True, help="MLflow run id of a galmorph training run")
-    p.add_argument("--per-class", type=int, default=3, help="test galaxies per class (default: 3)")
-    p.set_defaults(func=cmd_explain)
+    _command(sub, "multiseed", MultiseedConfig, cmd_multiseed,
+             "repeat a training configuration over N seeds (nested runs, mean and std)",
+             "Train one configuration once per seed as nested MLflow runs of a parent run that logs <metric>_mean "
+             "and <metric>_std of every test metric. With several --schemes, one such group per scheme under a "
+             "sweep run.")
+    _command(sub, "hierarchy", HierarchyConfig, cmd_hierarchy,
+             "train a hierarchical classifier of binary networks (experiments/hierarchies.yaml)",
+             "One network per node of the tree, as nested runs; the combined classifier is evaluated on the flat "
+             "scheme's test split. --seeds N repeats it as a multi-seed group.")
+    _command(sub, "report", ReportConfig, cmd_report, "write the reproduction report (Markdown + HTML) from MLflow runs",
+             "Read finished runs, group them by dataset, scheme, model and backend, and write accuracy over seeds "
+             "next to the paper's and PHYS449's numbers, per-class recall, confusion matrices, learning curves, "
+             "timings and saliency figures.")
+    _command(sub, "explain", ExplainConfig, cmd_explain, "feature maps and Grad-CAM of a logged run's model, added to that run",
+             "Load a finished run's model, config and split, and log feature maps of the first convolutions and "
+             "Grad-CAM saliency of a few test galaxies per class under explain/.")
     return parser
 
 

@@ -67,25 +67,28 @@ def tracking_uri(tmp_path, monkeypatch):
 
 
 def check_entry_point(entry_point: dict, config_cls, skip: tuple = ()) -> None:
-    """An MLproject entry point exposes exactly config_cls's MLproject fields (but `skip`),
+    """An MLproject entry point exposes exactly config_cls's MLproject settings (but `skip`),
     with the same defaults, each passed to the command as --<name> {<name>}."""
-    from dataclasses import fields
-
     import pytest
 
-    expected = {f.name: f.default for f in fields(config_cls) if f.metadata.get("mlproject") and f.name not in skip}
+    from galmorph.config import settings_of
+
+    expected = {s.name: s for s in settings_of(config_cls) if s.mlproject and s.name not in skip}
     params = entry_point["parameters"]
     assert set(params) == set(expected), set(params) ^ set(expected)
-    for key, default in expected.items():
+    for key, s in expected.items():
         assert params[key]["type"] in ("string", "float"), key
-        got = params[key]["default"]
+        assert f"--{key.replace('_', '-')} {{{key}}}" in entry_point["command"], key
+        if s.required:
+            assert "default" not in params[key], key
+            continue
+        got, default = params[key]["default"], s.default
         if isinstance(default, bool):
             assert str(got).lower() == str(default).lower(), key
         elif isinstance(default, (int, float)):
             assert float(got) == pytest.approx(default), key
         else:
             assert str(got) == default, key
-        assert f"--{key.replace('_', '-')} {{{key}}}" in entry_point["command"], key
 
 
 def make_h5(path: Path, n: int = 60, size: int = 32, n_classes: int = 3, seed: int = 0, **extra) -> Path:

@@ -13,8 +13,9 @@ import pytest
 from conftest import REPO, make_h5, run_python
 
 from galmorph.config import TrainConfig
-from galmorph.core import acceleration, training
+from galmorph.core import acceleration
 from galmorph.data import augment, pipeline
+from galmorph.workflows.prepare import hyper_from
 
 
 def _stream(n=50, batch=8, mode="random", size=24):
@@ -25,7 +26,7 @@ def _stream(n=50, batch=8, mode="random", size=24):
 
 
 def test_auto_means_gpu_speed_ups_only_on_a_gpu():
-    h = training.Hyper(1, 8, 1e-3)
+    h = hyper_from(TrainConfig(epochs=1, learning_rate=1e-3))
     cpu = acceleration.resolve(h, on_gpu=False, bf16_supported=False)
     assert (cpu.precision, cpu.compile, cpu.channels_last, cpu.pin_memory, cpu.loader_workers) == ("fp32", False, False, False, 1)
     gpu = acceleration.resolve(h, on_gpu=True, bf16_supported=True)
@@ -33,7 +34,7 @@ def test_auto_means_gpu_speed_ups_only_on_a_gpu():
     assert gpu.loader_workers == acceleration.GPU_LOADER_WORKERS and not gpu.loss_scaling
     old = acceleration.resolve(h, on_gpu=True, bf16_supported=False)
     assert old.precision == "fp16" and old.loss_scaling
-    forced = acceleration.resolve(training.Hyper(1, 8, 1e-3, precision="bf16", compile="true", pin_memory="true"),
+    forced = acceleration.resolve(hyper_from(TrainConfig(epochs=1, learning_rate=1e-3, precision="bf16", compile="true", pin_memory="true")),
                                   on_gpu=False, bf16_supported=False)
     assert (forced.precision, forced.compile, forced.pin_memory) == ("bf16", True, False)  # nothing to pin for
 
@@ -111,6 +112,8 @@ def test_batch_must_split_over_the_devices():
 EQUIVALENCE = r"""
 import json, sys, numpy as np
 from galmorph import backends
+from galmorph.config import TrainConfig
+from galmorph.workflows.prepare import hyper_from
 from galmorph.core import specs, training
 from galmorph.data import augment, bands
 from galmorph.data import hdf5
@@ -122,7 +125,7 @@ spec = specs.resolve("c2", maker.input_shape, 3, width=0.5, dense_units=32)
 out = {{}}
 for name, kw in {variants!r}:
     b.setup(0, 2)
-    hyper = training.Hyper(epochs={epochs}, batch_size=16, learning_rate=2e-3, seed=0, prefetch=2, **kw)
+    hyper = hyper_from(TrainConfig(epochs={epochs}, learning_rate=2e-3, prefetch=2, **kw))
     model = b.build(spec, hyper)
     stream = augment.TrainStream(maker, train, labels, mode="none", batch_size=16, seed=0)
     rep = training.EpochReporter(labels[test])
@@ -199,6 +202,8 @@ def test_keras_pipeline_follows_the_epoch_plans_in_fit(tmp_path):
     code = r"""
 import json, numpy as np
 from galmorph import backends
+from galmorph.config import TrainConfig
+from galmorph.workflows.prepare import hyper_from
 from galmorph.core import specs, training
 from galmorph.data import augment
 from galmorph.backends.keras import train as kt
@@ -207,7 +212,7 @@ rng = np.random.default_rng(0)
 images = rng.integers(0, 255, (40, 44, 44, 3), dtype=np.uint8)
 maker = augment.BatchMaker(images, [2])
 stream = augment.TrainStream(maker, np.arange(40), np.arange(40) % 3, mode="random", batch_size=16, seed=1)
-hyper = training.Hyper(epochs=3, batch_size=16, learning_rate=1e-3, loader_workers=3, prefetch=4)
+hyper = hyper_from(TrainConfig(epochs=3, learning_rate=1e-3, loader_workers=3, prefetch=4))
 ds = kt.dataset(stream, 3, 3, kt.settings(hyper))
 got = [x.numpy() for x, _ in ds]
 want = [stream.get(stream.plan(e), i)[0] for e in range(3) for i in range(len(stream))]
@@ -235,6 +240,8 @@ def test_keras_one_device_strategy_path_trains_predicts_and_times():
     code = r"""
 import json, numpy as np, tensorflow as tf
 from galmorph import backends
+from galmorph.config import TrainConfig
+from galmorph.workflows.prepare import hyper_from
 from galmorph.core import specs, training
 from galmorph.data import augment
 from galmorph.backends.keras import model as km
@@ -243,7 +250,7 @@ km.strategy = lambda devices: tf.distribute.OneDeviceStrategy("/cpu:0")
 rng = np.random.default_rng(0)
 maker = augment.BatchMaker(rng.integers(0, 255, (40, 44, 44, 3), dtype=np.uint8), [2])
 stream = augment.TrainStream(maker, np.arange(32), np.arange(40) % 3, mode="random", batch_size=16, seed=1)
-hyper = training.Hyper(epochs=2, batch_size=16, learning_rate=1e-3, precision="bf16", compile="true")
+hyper = hyper_from(TrainConfig(epochs=2, learning_rate=1e-3, precision="bf16", compile="true"))
 spec = specs.resolve("c2", maker.input_shape, 3, width=0.5, dense_units=16)
 model = b.build(spec, hyper)
 rep = training.EpochReporter(np.arange(32, 40) % 3)
@@ -266,6 +273,8 @@ def test_torch_step_rate_and_cpu_batches_share_numpy_memory():
     code = r"""
 import json, numpy as np, torch
 from galmorph import backends
+from galmorph.config import TrainConfig
+from galmorph.workflows.prepare import hyper_from
 from galmorph.core import acceleration, specs, training
 from galmorph.data import augment
 from galmorph.backends.torch import train as tt
@@ -273,7 +282,7 @@ b = backends.get("torch"); b.setup(0, 2)
 rng = np.random.default_rng(0)
 maker = augment.BatchMaker(rng.integers(0, 255, (20, 44, 44, 3), dtype=np.uint8), [2])
 stream = augment.TrainStream(maker, np.arange(20), np.arange(20) % 3, mode="none", batch_size=8, seed=0)
-hyper = training.Hyper(epochs=1, batch_size=8, learning_rate=1e-3, prefetch=0)
+hyper = hyper_from(TrainConfig(epochs=1, learning_rate=1e-3, prefetch=0))
 s = tt.settings(hyper)
 x, y = next(iter(tt.device_batches(stream, 0, torch.device("cpu"), s)))
 spec = specs.resolve("c2", maker.input_shape, 3, dense_units=16)

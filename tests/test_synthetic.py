@@ -12,6 +12,7 @@ import pytest
 
 from galmorph.core.errors import GalmorphError
 from galmorph.data import synthetic
+from galmorph.data.synthetic import cache as synthetic_cache
 
 E, S0, SP, IRR = range(4)
 
@@ -245,7 +246,8 @@ def test_cache_file_format_and_reuse(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("regenerated although the cache file exists")
 
-    monkeypatch.setattr(synthetic, "generate", fail)
+    # load_or_generate looks `generate` up in the cache module, so the patch goes there
+    monkeypatch.setattr(synthetic_cache, "generate", fail)
     assert synthetic.load_or_generate(12, 32, seed=5, noise=0.5, cache_dir=tmp_path) == path
     assert path.stat().st_mtime_ns == mtime
 

@@ -179,7 +179,7 @@ def test_search_space_must_match_the_model(tmp_path):
 ])
 def test_bad_tune_settings(changes, match):
     with pytest.raises(GalmorphError, match=match):
-        TuneConfig(**changes).validate()
+        TuneConfig.of(**changes).validate()
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes"])
@@ -190,7 +190,7 @@ def test_each_sampler_explores_the_conditional_space(sampler):
 
     if sampler == "cmaes":
         pytest.importorskip("cmaes")
-    config = TuneConfig(sampler=sampler)
+    config = TuneConfig.of(sampler=sampler)
     space = load_space("c2")
     study = optuna.create_study(direction="maximize", sampler=make_sampler(config, space, seed=3),
                                 pruner=make_pruner(config))
@@ -199,8 +199,8 @@ def test_each_sampler_explores_the_conditional_space(sampler):
         TrainConfig(model="c2").replace(**sample(trial, space)).validate()
         study.tell(trial, (i * 7 % 5) / 5)
     assert len({t.params["optimizer"] for t in study.trials}) > 1
-    assert isinstance(make_pruner(TuneConfig(pruner="hyperband", epochs=9)), optuna.pruners.HyperbandPruner)
-    assert isinstance(make_pruner(TuneConfig(pruner="none")), optuna.pruners.NopPruner)
+    assert isinstance(make_pruner(TuneConfig.of(pruner="hyperband", epochs=9)), optuna.pruners.HyperbandPruner)
+    assert isinstance(make_pruner(TuneConfig.of(pruner="none")), optuna.pruners.NopPruner)
 
 
 def test_mlproject_tune_and_retrain_entry_points_match_their_configs():
@@ -264,7 +264,7 @@ class PruneTrialOne(optuna.pruners.BasePruner):
     def prune(self, study, trial):
         return trial.number == 1
 
-cfg = TuneConfig(backend={backend!r}, dataset="synthetic", synthetic_n=120, epochs=2, n_trials=3, threads=2,
+cfg = TuneConfig.of(backend={backend!r}, dataset="synthetic", synthetic_n=120, epochs=2, n_trials=3, threads=2,
                  study_name="tiny", storage={storage!r}, experiment="tune-test-{backend}", sampler_seed=0,
                  search_space={space!r})
 out = {{"tune": tune(cfg, pruner=PruneTrialOne())}}
@@ -375,7 +375,7 @@ def test_rerunning_a_study_continues_it(tmp_path, mlflow_store, small_space):
     from galmorph.workflows.tune import tune
 
     with pytest.raises(GalmorphError, match=r"was run with other settings \(epochs: 1 -> 3\)"):
-        tune(TuneConfig(**{**common, "epochs": 3}, experiment="resume"))
+        tune(TuneConfig.of(**{**common, "epochs": 3}, experiment="resume"))
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # exported by mlflow.set_experiment
     assert len(optuna.load_study(study_name="resumable", storage=storage).trials) == 2
     assert "torch" not in sys.modules  # (it failed before a backend was imported)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from galmorph.core.errors import GalmorphError
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SWITCH = ("auto", "true", "false")
 # Batches made ahead by worker threads with a GPU: the host must gather ~20k images/s there.
 GPU_LOADER_WORKERS = 4
 
@@ -57,8 +59,8 @@ def precision(value: str, on_gpu: bool, bf16_supported: bool) -> str:
         if not on_gpu:
             return "fp32"
         return "bf16" if bf16_supported else "fp16"
-    if value not in ("fp32", "bf16", "fp16"):
-        raise GalmorphError(f"unknown precision {value!r}; choose auto, fp32, bf16 or fp16")
+    if value not in PRECISIONS:
+        raise GalmorphError(f"unknown precision {value!r}; choose one of {', '.join(PRECISIONS)}")
     return value
 
 

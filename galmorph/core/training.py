@@ -18,6 +18,9 @@ import numpy as np
 from galmorph.core import metrics
 from galmorph.core.errors import GalmorphError
 
+OPTIMIZERS = ("adam", "adamw", "sgd", "adadelta")  # sgd: with momentum SGD_MOMENTUM
+CLASS_WEIGHTS = ("none", "balanced")  # balanced: inverse class frequency of the training split
+
 # Constants both backends use, so that the two builds of a network are the same network.
 ADAM_EPSILON = 1e-7
 ADAM_BETAS = (0.9, 0.999)
@@ -43,26 +46,27 @@ def recalibration_batches(stream, epoch: int, n: int = BN_RECALIBRATION_BATCHES)
 
 @dataclass(frozen=True)
 class Hyper:
-    """What a backend needs to fit, beyond the network spec."""
+    """What a backend reads to fit and predict, beyond the network spec and the batches.
+
+    Built from a TrainConfig by `galmorph.workflows.prepare.hyper_from`: every field but
+    `class_weight` is the TrainConfig setting of the same name, with its meaning and default
+    there (the performance settings' `auto` rules are in galmorph.core.acceleration).
+    """
 
     epochs: int
-    batch_size: int
     learning_rate: float
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    class_weight: tuple[float, ...] | None = None
-    seed: int = 0
-    threads: int = 0
-    eval_batch_size: int = 512
-    # performance settings: meaning and `auto` rules in galmorph.core.acceleration
-    precision: str = "auto"
-    compile: str = "auto"
-    channels_last: str = "auto"
-    loader_workers: int = 0
-    prefetch: int = 4
-    pin_memory: str = "auto"
-    devices: int = 1
+    optimizer: str
+    weight_decay: float
+    label_smoothing: float
+    class_weight: tuple[float, ...] | None  # per class, or None for unweighted
+    eval_batch_size: int
+    precision: str
+    compile: str
+    channels_last: str
+    loader_workers: int
+    prefetch: int
+    pin_memory: str
+    devices: int
 
 
 def block_rates(run, steps: int, batch_images: int, warmup: int = 3, blocks: int = 1) -> list[float]:

@@ -56,6 +56,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -64,6 +65,7 @@ import numpy as np
 import requests
 
 from galmorph import __version__
+from galmorph.config import option
 from galmorph.core.errors import GalmorphError
 from galmorph.core.io import atomic_write, publish
 from galmorph.core.paths import cache_dir
@@ -98,6 +100,27 @@ _COLUMNS = {
     "redshift": ("z", "zs", "zsp", "Redshift"),
     "gmag": ("gmag", "g", "gMag"),
 }
+
+
+@dataclass
+class PrepareConfig:
+    """Settings of the nair2010 preparation (`galmorph data prepare nair2010`, MLproject
+    `prepare_nair2010`); `prepare` takes its defaults from here."""
+
+    out: str = option("", "output HDF5 file (default: $GALMORPH_CACHE/nair2010/nair2010.h5)")
+    cache_dir: str = option("", "catalogue and cutout cache (default: $GALMORPH_CACHE/nair2010)")
+    cutout_url: str = option(DEFAULT_CUTOUT_URL, "SDSS SkyServer ImgCutout getjpeg URL (default: DR16)")
+    vizier_server: str = option("", "VizieR mirror host (astroquery) or http(s) URL (built-in ASU client); "
+                                    "default: astroquery's mirror")
+    workers: int = option(8, "parallel cutout requests")
+    max_rate: float = option(10.0, "requests per second, all workers together")
+    retries: int = option(4, "retries per cutout on errors, 429 and 5xx")
+    timeout: float = option(30.0, "seconds per request")
+    limit: int = option(0, "only the first N catalogue rows (0 = all 14,034)")
+    experiment: str = option("galmorph", "MLflow experiment outside `mlflow run`", mlproject=False)
+
+
+_DEFAULTS = PrepareConfig()
 
 
 def default_output_path() -> Path:
@@ -526,8 +549,9 @@ def _remove_stale_tmp(folder: Path):
 
 # --------------------------------------------------------------------------- prepare
 def prepare(out: Path | None = None, cache_dir: Path | None = None, *, cutout_url: str = DEFAULT_CUTOUT_URL,
-            vizier_server: str | None = None, workers: int = 8, max_rate: float = 10.0, retries: int = 4,
-            timeout: float = 30.0, limit: int | None = None, progress: bool = True) -> dict:
+            vizier_server: str | None = None, workers: int = _DEFAULTS.workers, max_rate: float = _DEFAULTS.max_rate,
+            retries: int = _DEFAULTS.retries, timeout: float = _DEFAULTS.timeout, limit: int | None = None,
+            progress: bool = True) -> dict:
     """Build the nair2010 HDF5 file (+ manifest and failures CSV) and return the manifest.
 
     ``out`` defaults to `default_output_path()`; ``cache_dir`` (catalogue and cutouts,

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import importlib
 import json
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from galmorph import backends
-from galmorph.config import TrainConfig
+from galmorph.config import TrainConfig, option
 from galmorph.core.errors import GalmorphError
 from galmorph.data import augment
 from galmorph.tracking import figures
@@ -30,6 +31,14 @@ from galmorph.workflows.prepare import prepare
 
 N_FEATURE_MAPS = 8  # filters shown per convolution
 FEATURE_LAYERS = (0, 1)  # the first two convolutions
+
+
+@dataclass
+class ExplainConfig:
+    """Settings of `galmorph explain` (MLproject `explain`)."""
+
+    run_id: str = option("", "MLflow run id of a galmorph training run", required=True)
+    per_class: int = option(3, "test galaxies per class")
 
 
 def backend_module(backend):
@@ -217,7 +226,7 @@ def explain_run(run_id: str, *, per_class: int = 3) -> dict:
     with tempfile.TemporaryDirectory(prefix="galmorph-explain-") as tmp:
         cfg = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text())
         split_file = client.download_artifacts(run_id, "splits.json", tmp)
-        known = {f.name for f in TrainConfig.param_fields()}
+        known = {f.name for f in fields(TrainConfig)}
         config = TrainConfig(**{k: v for k, v in cfg.items() if k in known}).replace(split_file=split_file)
         prepared = prepare(config)
     bx = backend_module(config.backend)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from galmorph import tracking
-from galmorph.config import TrainConfig
+from galmorph.config import TrainConfig, nested, option
 from galmorph.core import metrics
 from galmorph.core.errors import GalmorphError
 from galmorph.core.paths import load_yaml
@@ -43,6 +43,16 @@ class Node:
     @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(schemes.MERGE.join(g) for g in self.groups)
+
+
+@dataclass
+class HierarchyConfig:
+    """Settings of `galmorph hierarchy` (MLproject `hierarchical`): a training configuration
+    (its scheme comes from the tree), the tree and the seeds."""
+
+    base: TrainConfig = nested(TrainConfig, exclude=("scheme",))
+    tree: str = option("early_late_4way", "hierarchy of experiments/hierarchies.yaml")
+    seeds: str = option("1", "a count or a list of seeds, as for multiseed")
 
 
 def catalogue() -> dict:

@@ -16,11 +16,12 @@ pair of a scheme (the paper's binary classifiers).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from galmorph import tracking
-from galmorph.config import TrainConfig
+from galmorph.config import TrainConfig, nested, option
 from galmorph.core.errors import GalmorphError
 from galmorph.core.metrics import metric_safe
 from galmorph.data import registry, schemes
@@ -28,6 +29,17 @@ from galmorph.tracking.tags import KIND, PARENT, RUN_NAME, run_name
 from galmorph.workflows import hierarchy as hier
 from galmorph.workflows import train
 from galmorph.workflows.prepare import SYNTHETIC_DATA_SEED
+
+
+@dataclass
+class MultiseedConfig:
+    """Settings of `galmorph multiseed` (MLproject `multiseed` and `pairs`): a training
+    configuration and the seeds (and schemes) to repeat it over."""
+
+    base: TrainConfig = nested(TrainConfig)
+    seeds: str = option("3", "a count (3: seeds SEED..SEED+2) or a list (0,1,2)")
+    schemes: str = option("", "comma-separated schemes to sweep; `pairs` or `pairs:<scheme>` = every class pair of the "
+                          "default or named scheme (the paper's binary classifiers); empty: --scheme", mlproject=False)
 
 
 def parse_seeds(text, first: int = 0) -> list[int]:

@@ -7,7 +7,7 @@ that the same settings give the same images, split and batches in every one of t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -55,16 +55,16 @@ def prepare(config: TrainConfig, *, merge_val_into_train: bool = False) -> Prepa
     return Prepared(data, split, maker)
 
 
-def hyper_from(config: TrainConfig, train_labels: np.ndarray, n_classes: int) -> training.Hyper:
-    cw = training.balanced_class_weight(train_labels, n_classes) if config.class_weights == "balanced" else None
-    return training.Hyper(
-        epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-        optimizer=config.optimizer, weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
-        class_weight=cw, seed=config.seed, threads=config.threads, eval_batch_size=config.eval_batch_size,
-        precision=config.precision, compile=config.compile, channels_last=config.channels_last,
-        loader_workers=config.loader_workers, prefetch=config.prefetch, pin_memory=config.pin_memory,
-        devices=config.devices,
-    )
+def hyper_from(config: TrainConfig, train_labels: np.ndarray | None = None, n_classes: int = 0) -> training.Hyper:
+    """The backend's view of `config`: every Hyper field is the setting of the same name, and
+    `class_weight` is computed from the training labels when class_weights is `balanced`."""
+    cw = None
+    if config.class_weights == "balanced":
+        if train_labels is None:
+            raise ValueError("class_weights=balanced needs the training labels")
+        cw = training.balanced_class_weight(train_labels, n_classes)
+    same = {f.name: getattr(config, f.name) for f in fields(training.Hyper) if f.name != "class_weight"}
+    return training.Hyper(class_weight=cw, **same)
 
 
 def train_stream(config: TrainConfig, prepared: Prepared) -> augment.TrainStream:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from galmorph import __version__, tracking
+from galmorph.config import option
 from galmorph.core.errors import GalmorphError
 from galmorph.core.io import atomic_write
 from galmorph.core.paths import load_yaml
@@ -45,12 +46,18 @@ SKIP_KINDS = ("multiseed", "sweep", "report", "prepare")
 
 @dataclass
 class ReportConfig:
-    experiments: list[str] = field(default_factory=lambda: ["galmorph"])
-    filter: str = ""
-    output: str = "outputs/report"
-    log_experiment: str = "galmorph-reports"
-    title: str = "Reproducing Cavanagh, Bekki & Groves 2021"
-    include_nodes: bool = False
+    """Settings of `galmorph report` (CLI flags and MLproject `report` parameters)."""
+
+    experiments: str = option("galmorph", "comma-separated MLflow experiment names")
+    filter: str = option("", "MLflow filter on the runs, e.g. \"tags.dataset = 'synthetic'\"")
+    output: str = option("outputs/report", "folder for report.md, report.html and figures")
+    log_experiment: str = option("galmorph-reports", "experiment of the report's own run outside `mlflow run`",
+                                 mlproject=False)
+    title: str = option("Reproducing Cavanagh, Bekki & Groves 2021", "report title", mlproject=False)
+    include_nodes: bool = option(False, "also list the binary node networks of hierarchical classifiers as rows")
+
+    def experiment_names(self) -> list[str]:
+        return [e.strip() for e in self.experiments.split(",") if e.strip()]
 
 
 @dataclass
@@ -246,7 +253,7 @@ def build(groups: list[Group], client, fig_dir: Path, cfg: ReportConfig, n_runs:
 
     blocks.append(("p", f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by galmorph {__version__} from "
                         f"{n_runs} finished runs ({len(groups)} groups) of experiment(s) "
-                        f"`{', '.join(cfg.experiments)}`" + (f" with filter `{cfg.filter}`" if cfg.filter else "") +
+                        f"`{', '.join(cfg.experiment_names())}`" + (f" with filter `{cfg.filter}`" if cfg.filter else "") +
                         f", tracking store `{tracking.redact(_tracking_uri())}`. Mean +- sample standard deviation "
                         "over the runs (seeds) of each group. Reference numbers come from `experiments/paper.yaml`; "
                         "each names the data set it was measured on: a number measured on the Nair & Abraham "
@@ -455,7 +462,7 @@ def run(cfg: ReportConfig) -> list[Path]:
     import mlflow
 
     client = mlflow.MlflowClient()
-    runs = search(client, cfg.experiments, cfg.filter)
+    runs = search(client, cfg.experiment_names(), cfg.filter)
     chosen = units(runs, cfg.include_nodes)
     out = Path(cfg.output).expanduser()
     try:
@@ -465,7 +472,7 @@ def run(cfg: ReportConfig) -> list[Path]:
     fig_dir = out / "figures"
     tracking.configure(cfg.log_experiment)
     with tracking.run("report", tags={KIND: "report"}, system_metrics=False):
-        tracking.log_params({"experiments": ",".join(cfg.experiments), "filter": cfg.filter, "output": str(out),
+        tracking.log_params({"experiments": ",".join(cfg.experiment_names()), "filter": cfg.filter, "output": str(out),
                              "n_runs": len(chosen), "include_nodes": cfg.include_nodes})
         with tempfile.TemporaryDirectory(prefix="galmorph-report-") as scratch:
             groups = group(chosen, client, Path(scratch))

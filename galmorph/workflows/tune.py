@@ -23,7 +23,6 @@ Neutral: no deep-learning framework is imported here (the backend is, inside tra
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -35,7 +34,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from galmorph import tracking
-from galmorph.config import BACKENDS, TrainConfig, option
+from galmorph.config import TrainConfig, build, check_choices, flat, nested, option
 from galmorph.core import training
 from galmorph.core.errors import GalmorphError
 from galmorph.core.paths import experiments_dir
@@ -68,13 +67,12 @@ class TrialFailed(GalmorphError):
 
 @dataclass
 class TuneConfig:
-    """Settings of one `galmorph tune` invocation (CLI flags and MLproject `tune` parameters)."""
+    """Settings of one `galmorph tune` invocation (CLI flags and MLproject `tune` parameters):
+    the TrainConfig every trial starts from (`base`, its settings as flags of their own) and
+    the study's settings. The search space overrides some of base's settings per trial."""
 
-    model: str = option("c2", "network: c1 or c2; picks experiments/search_spaces/<model>.yaml")
-    backend: str = option("keras", "deep-learning backend of every trial", BACKENDS)
-    dataset: str = option("synthetic", "galaxy10, synthetic, nair2010, or the path of a Galaxy10-format .h5 file")
-    scheme: str = option("default", "class scheme of experiments/schemes.yaml; default: the dataset's")
-    band: str = option("g", "SDSS band(s) fed to the network: g, r, i or gri", ("g", "r", "i", "gri"))
+    base: TrainConfig = nested(TrainConfig, exclude=("log_model", "tta", "explain", "experiment", "run_name"),
+                               defaults={"epochs": 10, "log_model": False, "tta": False})
     n_trials: int = option(20, "trials this invocation runs (a resumed study adds this many; 0 = until --timeout)")
     timeout: float = option(0.0, "stop starting new trials after this many seconds (0 = no limit)")
     study_name: str = option("", "Optuna study name; rerunning with the same name and storage continues the study (default: <model>-<backend>-<dataset>-<scheme>)")
@@ -84,46 +82,31 @@ class TuneConfig:
     pruner: str = option("median", "pruner, asked once per epoch with the validation accuracy: median, hyperband or none", PRUNERS)
     n_startup_trials: int = option(5, "median pruner: trials that finish unpruned before pruning starts")
     n_warmup_steps: int = option(1, "median pruner: epochs of each trial that are never pruned")
-    seed: int = option(0, "seed of the split and the weights, the same for every trial")
-    epochs: int = option(10, "maximum epochs per trial")
-    patience: int = option(5, "early stopping within a trial (0 = never stop early)")
-    max_images: int = option(0, "use a stratified subset of at most this many images (0 = all)")
-    val_fraction: float = option(0.15, "fraction of galaxies in the validation split (the study's objective)")
-    test_fraction: float = option(0.15, "fraction of galaxies in the test split (left for retrain)")
     search_space: str = option("", "search space YAML (default: experiments/search_spaces/<model>.yaml)")
-    synthetic_n: int = option(2000, "number of images when dataset=synthetic")
-    synthetic_noise: float = option(1.0, "noise level (difficulty) when dataset=synthetic")
-    schemes_file: str = option("", "extra YAML file of class schemes")
-    eval_batch_size: int = option(512, "batch size for validation and test")
-    threads: int = option(0, "CPU threads for the framework (0 = all cores)")
     heartbeat_interval: int = option(60, "seconds between a running trial's heartbeats in the storage (0 = no heartbeats, no retries)")
     grace_period: int = option(0, "seconds without a heartbeat after which a trial counts as dead, is failed and retried (0 = 2 x heartbeat_interval)")
     max_retry: int = option(3, "how many times a dead worker's trial is re-queued")
     experiment: str = option("galmorph-tune", "MLflow experiment name for runs started outside `mlflow run`", mlproject=False)
     run_name: str = option("", "MLflow name of the study run (default: tune-<study name>)", mlproject=False)
 
+    @classmethod
+    def of(cls, **values) -> "TuneConfig":
+        """From flat settings, as the CLI gives them: `TuneConfig.of(backend="torch", n_trials=3)`."""
+        return build(cls, values)
+
     def resolved_study_name(self) -> str:
-        return self.study_name or run_name(self.model, self.backend, self.dataset, self.scheme)
+        b = self.base
+        return self.study_name or run_name(b.model, b.backend, b.dataset, b.scheme)
 
     def resolved_storage(self) -> str:
         return self.storage or DEFAULT_STORAGE
 
     def train_config(self) -> TrainConfig:
         """The TrainConfig every trial starts from (before the sampled overrides)."""
-        return TrainConfig(
-            model=self.model, backend=self.backend, dataset=self.dataset, scheme=self.scheme, band=self.band,
-            epochs=self.epochs, patience=self.patience, seed=self.seed, max_images=self.max_images,
-            val_fraction=self.val_fraction, test_fraction=self.test_fraction, synthetic_n=self.synthetic_n,
-            synthetic_noise=self.synthetic_noise, schemes_file=self.schemes_file,
-            eval_batch_size=self.eval_batch_size, threads=self.threads, log_model=False, tta=False,
-            experiment=self.experiment,
-        )
+        return self.base.replace(experiment=self.experiment)
 
     def validate(self) -> "TuneConfig":
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise GalmorphError(f"unknown {f.name} {getattr(self, f.name)!r}; choose one of {', '.join(choices)}")
+        check_choices(self)
         for name in ("n_trials", "n_startup_trials", "n_warmup_steps", "heartbeat_interval", "grace_period", "max_retry"):
             if getattr(self, name) < 0:
                 raise GalmorphError(f"{name} must be 0 or more, got {getattr(self, name)}")
@@ -445,7 +428,7 @@ def make_pruner(config: TuneConfig):
     if config.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=config.n_startup_trials, n_warmup_steps=config.n_warmup_steps)
     if config.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.base.epochs, reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 
@@ -572,11 +555,11 @@ def tune(config: TuneConfig, *, pruner=None, sampler=None) -> dict:
     base = config.train_config()
     tracking.configure(config.experiment)
     tags = {"optuna_study": study_name, "optuna_storage": redact(storage_url), ROLE: "study",
-            "model": config.model, "backend": config.backend, "dataset": config.dataset}
+            "model": config.base.model, "backend": config.base.backend, "dataset": config.base.dataset}
     with tracking.run(config.run_name or f"tune-{study_name}", tags=tags) as parent:
         config.validate()  # inside the run: bad settings end it FAILED with the reason, like train.run
-        space = load_space(config.model, config.search_space)
-        tracking.log_params({**{k: v for k, v in dataclasses.asdict(config).items()},
+        space = load_space(config.base.model, config.search_space)
+        tracking.log_params({**flat(config),
                              "storage": redact(storage_url), "study_name": study_name,
                              "search_space_file": str(space.path)})
         storage = open_storage(storage_url, config.heartbeat_interval, config.grace_period, config.max_retry)
@@ -597,7 +580,7 @@ def tune(config: TuneConfig, *, pruner=None, sampler=None) -> dict:
                                 "use another --study-name or the study's settings")
         n_before = len(study.trials)
         # a resumed study must not redraw the points it started with, hence n_before
-        entropy = [config.sampler_seed, n_before] if config.sampler_seed >= 0 else [config.seed, n_before, os.getpid()]
+        entropy = [config.sampler_seed, n_before] if config.sampler_seed >= 0 else [config.base.seed, n_before, os.getpid()]
         seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
         study.sampler = sampler or make_sampler(config, space, seed)
         mlflow.set_tags({"optuna_trials_before": str(n_before), "optuna_sampler_seed": str(seed),

@@ -62,9 +62,9 @@ def _bf16_supported(gpus) -> bool:
     return bool(cc) and cc[0] >= 8  # Ampere and later
 
 
-def settings(hyper: training.Hyper | None) -> acceleration.Settings:
+def settings(hyper: training.Hyper) -> acceleration.Settings:
     gpus = _gpus()
-    return acceleration.resolve(hyper or training.Hyper(1, 1, 1e-3), on_gpu=bool(gpus),
+    return acceleration.resolve(hyper, on_gpu=bool(gpus),
                                 bf16_supported=_bf16_supported(gpus))
 
 

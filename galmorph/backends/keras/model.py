@@ -16,7 +16,10 @@ def build(spec: NetworkSpec, hyper=None) -> keras.Model:
 
     Built in hyper's precision (a mixed dtype policy on every layer but the softmax output)
     and under its tf.distribute strategy (see device.strategy), which fit() then trains in.
+    Without hyper: float32, Keras's default strategy (e.g. to count parameters).
     """
+    if hyper is None:
+        return _build(spec, policy("fp32"))
     s = settings(hyper)
     scope = strategy(s.devices)
     with scope.scope() if scope is not None else contextlib.nullcontext():

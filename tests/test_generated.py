@@ -1,0 +1,28 @@
+"""Files derived from the config classes (MLproject, docs/parameters.md) match the code."""
+
+import subprocess
+import sys
+
+import yaml
+from conftest import REPO, check_entry_point
+
+from galmorph.data.nair2010 import PrepareConfig
+from galmorph.workflows.explain import ExplainConfig
+from galmorph.workflows.hierarchy import HierarchyConfig
+from galmorph.workflows.multiseed import MultiseedConfig
+from galmorph.workflows.report import ReportConfig
+
+
+def test_committed_mlproject_and_parameter_docs_are_the_generated_ones():
+    proc = subprocess.run([sys.executable, "tools/generate.py", "--check"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_every_entry_point_exposes_its_config_with_the_same_defaults():
+    eps = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
+    for name, cls, skip in (("prepare_nair2010", PrepareConfig, ()), ("multiseed", MultiseedConfig, ()),
+                            ("pairs", MultiseedConfig, ()), ("hierarchical", HierarchyConfig, ()),
+                            ("report", ReportConfig, ()), ("explain", ExplainConfig, ())):
+        check_entry_point(eps[name], cls, skip)
+    assert "--schemes pairs:{scheme}" in eps["pairs"]["command"]
+    assert "default" not in eps["explain"]["parameters"]["run_id"]
