@@ -110,9 +110,9 @@ def small_h5(tmp_path):
     return make_h5(tmp_path / "small.h5")
 
 
-def run_python(code: str, env: dict | None = None, timeout: int = 600):
+def run_python(code: str, env: dict | None = None, timeout: int = 600, cwd=REPO):
     """Run `code` in a fresh interpreter (one deep-learning framework per process)."""
     import subprocess
 
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                          env=child_env(env), cwd=REPO)
+                          env=child_env(env), cwd=cwd)

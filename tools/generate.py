@@ -134,17 +134,24 @@ def parameters_md() -> str:
         own = [s for s in settings_of(ep.config) if not s.owner]
         inner = [s for s in settings_of(ep.config) if s.owner]
         if inner:
-            lines += [f"Takes every training setting of `galmorph train` (below) except "
-                      f"{_excluded(ep.config, inner) or 'none'}"
-                      f"{_overrides(ep.config)}, and:", ""]
+            excluded = _excluded(ep.config, inner)
+            lines += [f"Takes every setting of `galmorph train` (above)"
+                      f"{' except ' + excluded if excluded else ''}{_overrides(ep.config)}, and:", ""]
         lines += ["| parameter | default | allowed | meaning |", "|---|---|---|---|"]
         for s in own if inner else settings_of(ep.config):
-            default = "(required)" if s.required else f"`{_flow(s.default)}`"
+            default = "(required)" if s.required else f"`{_text(s.default)}`"
             allowed = ", ".join(f"`{c}`" for c in s.choices) if s.choices else ""
             where = "" if s.mlproject else " (CLI only)"
             lines.append(f"| `{s.name}` | {default} | {allowed} | {s.help.replace('|', '/')}{where} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _text(value) -> str:
+    """A default as a user types it on the command line."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "''" if value == "" else str(value)
 
 
 def _excluded(cls, inner) -> str:
@@ -157,7 +164,7 @@ def _overrides(cls) -> str:
 
     over = {k: v for f in fields(cls) if f.metadata.get("nested") for k, v in f.metadata["defaults"].items()
             if any(s.name == k for s in settings_of(cls))}
-    return "; with " + ", ".join(f"`{k}` = `{_flow(v)}`" for k, v in over.items()) if over else ""
+    return "; with " + ", ".join(f"`{k}` = `{_text(v)}`" for k, v in over.items()) if over else ""
 
 
 FILES = {ROOT / "MLproject": mlproject, ROOT / "docs" / "parameters.md": parameters_md}

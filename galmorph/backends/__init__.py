@@ -1,17 +1,9 @@
-"""Backend registry. A backend is a package with the same functions in each:
-
-    setup(seed, threads, devices) -> dict   # seeds, threads, process group; returns device info
-    build(spec, hyper) -> model             # galmorph.core.specs.NetworkSpec -> framework model
-    count_params(model) -> (trainable, total)
-    fit(model, stream, val_batches, hyper, reporter) -> model   # best weights restored
-    predict_proba(model, batches) -> np.ndarray (N, n_classes)
-    log_model(model, name, input_example) -> model uri
-    device_stats() -> dict                  # peak GPU memory etc. (empty on CPU)
-    resolved(hyper) -> dict                 # performance settings applied (galmorph.core.acceleration)
-    step_rate(model, hyper, x, y, steps, blocks=1) -> [float]  # training img/s, one on-device batch
-    replica() -> (rank, world)              # data-parallel process position ((0, 1) if none)
-    launch(argv, devices) -> dict | None    # start a multi-process run (torchrun), or None
-    finish(metrics)                         # end of a run in this process
+"""Backend registry. A backend is a package whose top-level functions satisfy
+`galmorph.backends.protocol.Backend` (setup, build, count_params, fit, predict_proba,
+log_model, device_stats, resolved, step_rate, replica, launch, finish), laid out in the
+same files in every backend: device.py (setup and settings), model.py (spec -> network,
+imports device), train.py (fit, predict, log; imports model and device) and explain.py
+(`galmorph.backends.protocol.Explainer`: what the convolutions see).
 
 Adding a backend is one folder and one line below.
 """

@@ -7,21 +7,21 @@ from pathlib import Path
 
 from galmorph.core.errors import GalmorphError
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGE = Path(__file__).resolve().parent.parent  # the galmorph package folder
 
 
 def experiments_dir() -> Path:
-    """The `experiments/` folder: $GALMORPH_EXPERIMENTS, the repository's, or ./experiments."""
+    """The `experiments/` folder: $GALMORPH_EXPERIMENTS if set; else the copy installed inside
+    the package (a wheel puts it at galmorph/experiments); else the clone's top-level folder
+    (an editable install or a checkout)."""
     env = os.environ.get("GALMORPH_EXPERIMENTS")
-    candidates = [Path(env)] if env else []
-    candidates += [_REPO_ROOT / "experiments", Path.cwd() / "experiments"]
+    candidates = [Path(env)] if env else [_PACKAGE / "experiments", _PACKAGE.parent / "experiments"]
     for path in candidates:
         if (path / "architectures.yaml").is_file():
             return path
-    raise GalmorphError(
-        "cannot find the experiments/ folder (architectures.yaml, schemes.yaml); "
-        "install galmorph with `pip install -e .` from a clone or set GALMORPH_EXPERIMENTS"
-    )
+    where = "GALMORPH_EXPERIMENTS" if env else "the galmorph installation"
+    raise GalmorphError(f"cannot find the experiments/ folder (architectures.yaml) in {where}; "
+                        "reinstall galmorph, or point GALMORPH_EXPERIMENTS at a copy of the repository's experiments/")
 
 
 def cache_dir() -> Path:

@@ -80,6 +80,34 @@ def resolve(
     dense widths, `dropout` the dropout rates; other keywords set the spec's options
     (e.g. batchnorm=False for C1). Raises GalmorphError when the input is too small.
     """
+    spec, opts = _options(name, options)
+    _check_arguments(n_classes, width, dropout, dense_units)
+    h, w, c = (int(v) for v in input_shape)
+    shape: tuple[int, ...] = (h, w, c)
+    layers: list[Layer] = []
+    for raw in spec["layers"]:
+        cond = raw.get("if")
+        if cond is not None and not opts.get(cond):
+            continue
+        try:
+            layer = _layer(name, raw, shape, width, dense_units, dropout)
+        except _TooSmall as exc:
+            raise _too_small(name, input_shape, str(exc), _explain, options) from None
+        layers.append(layer)
+        shape = layer.out_shape
+    if len(shape) != 1:
+        raise GalmorphError(f"architectures.yaml: {name} must flatten before its output layer")
+    n = shape[0] * n_classes + n_classes
+    layers.append(Layer("output", shape, (n_classes,), units=n_classes, trainable_params=n, total_params=n))
+    return NetworkSpec(name, (h, w, c), n_classes, tuple(layers), opts)
+
+
+class _TooSmall(Exception):
+    """A layer's window is larger than what it sees (message: what it sees)."""
+
+
+def _options(name: str, options: dict) -> tuple[dict, dict]:
+    """The architecture `name` and its options with the caller's overrides applied."""
     specs = architectures()
     if name not in specs:
         raise GalmorphError(f"unknown model {name!r}; choose one of {', '.join(sorted(specs))}")
@@ -92,6 +120,10 @@ def resolve(
             f"{', '.join(sorted(opts)) or 'none'}"
         )
     opts.update({k: v for k, v in options.items() if v is not None})
+    return spec, opts
+
+
+def _check_arguments(n_classes: int, width: float, dropout: float | None, dense_units: int | None) -> None:
     if n_classes < 2:
         raise GalmorphError(f"a classifier needs at least 2 classes, got {n_classes}; choose another scheme")
     if width <= 0:
@@ -101,54 +133,38 @@ def resolve(
     if dense_units is not None and dense_units < 1:
         raise GalmorphError(f"dense_units must be at least 1, got {dense_units}")
 
-    h, w, c = (int(v) for v in input_shape)
-    shape: tuple[int, ...] = (h, w, c)
-    layers: list[Layer] = []
-    for raw in spec["layers"]:
-        cond = raw.get("if")
-        if cond is not None and not opts.get(cond):
-            continue
-        kind = raw["type"]
-        if kind == "conv":
-            filters = max(1, int(round(raw["filters"] * width)))
-            k = int(raw["kernel"])
-            hh, ww, cc = shape
-            if hh < k or ww < k:
-                raise _too_small(name, input_shape, f"a {k}x{k} convolution sees {hh}x{ww}", _explain, options)
-            out = (hh - k + 1, ww - k + 1, filters)
-            n = k * k * cc * filters + filters
-            layers.append(Layer("conv", shape, out, filters=filters, kernel=k, trainable_params=n, total_params=n))
-        elif kind == "bn":
-            ch = shape[-1]
-            layers.append(Layer("bn", shape, shape, trainable_params=2 * ch, total_params=4 * ch))
-            out = shape
-        elif kind == "maxpool":
-            s = int(raw["size"])
-            hh, ww, cc = shape
-            if hh < s or ww < s:
-                raise _too_small(name, input_shape, f"a {s}x{s} pooling sees {hh}x{ww}", _explain, options)
-            out = (hh // s, ww // s, cc)
-            layers.append(Layer("maxpool", shape, out, size=s))
-        elif kind == "flatten":
-            out = (shape[0] * shape[1] * shape[2],)
-            layers.append(Layer("flatten", shape, out))
-        elif kind == "dropout":
-            rate = float(raw["rate"] if dropout is None else dropout)
-            out = shape
-            layers.append(Layer("dropout", shape, out, rate=rate))
-        elif kind == "dense":
-            units = int(raw["units"] if dense_units is None else dense_units)
-            n = shape[0] * units + units
-            out = (units,)
-            layers.append(Layer("dense", shape, out, units=units, trainable_params=n, total_params=n))
-        else:
-            raise GalmorphError(f"architectures.yaml: {name} has unknown layer type {kind!r}")
-        shape = out
-    if len(shape) != 1:
-        raise GalmorphError(f"architectures.yaml: {name} must flatten before its output layer")
-    n = shape[0] * n_classes + n_classes
-    layers.append(Layer("output", shape, (n_classes,), units=n_classes, trainable_params=n, total_params=n))
-    return NetworkSpec(name, (h, w, c), n_classes, tuple(layers), opts)
+
+def _layer(name: str, raw: dict, shape: tuple[int, ...], width: float, dense_units: int | None,
+           dropout: float | None) -> Layer:
+    """The concrete layer of architectures.yaml entry `raw` on input `shape`, with its parameter counts."""
+    kind = raw["type"]
+    if kind == "conv":
+        filters = max(1, int(round(raw["filters"] * width)))
+        k = int(raw["kernel"])
+        hh, ww, cc = shape
+        if hh < k or ww < k:
+            raise _TooSmall(f"a {k}x{k} convolution sees {hh}x{ww}")
+        n = k * k * cc * filters + filters
+        return Layer("conv", shape, (hh - k + 1, ww - k + 1, filters), filters=filters, kernel=k,
+                     trainable_params=n, total_params=n)
+    if kind == "bn":
+        ch = shape[-1]
+        return Layer("bn", shape, shape, trainable_params=2 * ch, total_params=4 * ch)
+    if kind == "maxpool":
+        s = int(raw["size"])
+        hh, ww, cc = shape
+        if hh < s or ww < s:
+            raise _TooSmall(f"a {s}x{s} pooling sees {hh}x{ww}")
+        return Layer("maxpool", shape, (hh // s, ww // s, cc), size=s)
+    if kind == "flatten":
+        return Layer("flatten", shape, (shape[0] * shape[1] * shape[2],))
+    if kind == "dropout":
+        return Layer("dropout", shape, shape, rate=float(raw["rate"] if dropout is None else dropout))
+    if kind == "dense":
+        units = int(raw["units"] if dense_units is None else dense_units)
+        n = shape[0] * units + units
+        return Layer("dense", shape, (units,), units=units, trainable_params=n, total_params=n)
+    raise GalmorphError(f"architectures.yaml: {name} has unknown layer type {kind!r}")
 
 
 def min_input_size(name: str, channels: int = 1, **options) -> int:

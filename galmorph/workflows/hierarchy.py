@@ -26,7 +26,7 @@ from galmorph.core import metrics
 from galmorph.core.errors import GalmorphError
 from galmorph.core.paths import load_yaml
 from galmorph.data import augment, registry, schemes, splits
-from galmorph.tracking import figures as plots
+from galmorph.tracking import artifacts
 from galmorph.tracking.tags import KIND, PARENT, ROLE, RUN_NAME, run_name
 from galmorph.workflows import prepare, train
 from galmorph.workflows.prepare import Prepared
@@ -238,12 +238,8 @@ def run(config: TrainConfig, name: str, *, nested: bool = False, extra_tags: dic
 
 
 def _write_artifacts(out: Path, config, name, tree_entry, node_list, node_runs, data, split, report, proba, node_proba):
-    import pandas as pd
-
     title = f"{config.model} {config.backend} on {Path(data.name).stem} ({scheme_tag(name)})"
-    plots.confusion_matrix(report, out / "confusion_matrix.png", normalised=True, title=f"{title}: recall")
-    plots.confusion_matrix(report, out / "confusion_matrix_counts.png", normalised=False, title=f"{title}: counts")
-    (out / "classification_report.json").write_text(json.dumps(report, indent=2))
+    artifacts.write_evaluation(out, report, title)
     (out / "hierarchy.json").write_text(json.dumps({
         "name": name, "description": str(tree_entry.get("description", "")).strip(), "tree": tree_entry["tree"],
         "base_scheme": data.scheme, "class_names": list(data.class_names),
@@ -251,19 +247,9 @@ def _write_artifacts(out: Path, config, name, tree_entry, node_list, node_runs, 
                   for n in node_list],
         "combination": "product of node probabilities along the path",
     }, indent=2))
-    pred = proba.argmax(axis=1)
-    test_rows = data.rows[split.test]
-    columns = {
-        "row": test_rows,
-        "true": [data.class_names[i] for i in data.labels[split.test]],
-        "predicted": [data.class_names[i] for i in pred],
-        "correct": pred == data.labels[split.test],
-        **{f"p_{metrics.metric_safe(c)}": proba[:, i] for i, c in enumerate(data.class_names)},
-    }
+    columns = artifacts.prediction_columns(data, split, proba)
     for node in node_list:
         for i, c in enumerate(node.class_names):
             columns[f"{node.id}_p_{metrics.metric_safe(c)}"] = node_proba[node.id][:, i]
-    pd.DataFrame(columns).to_csv(out / "predictions.csv", index=False)
-    splits.save(split, data.rows, out / "splits.json", dataset_digest=data.digest(),
-                extra={"dataset": config.dataset, "scheme": data.scheme, "max_images": config.max_images})
-
+    artifacts.write_predictions(out, columns)
+    artifacts.write_split(out, config, data, split, data.digest())

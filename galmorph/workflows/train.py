@@ -6,7 +6,6 @@ Everything here is backend-neutral: the backend only builds, fits and predicts.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -15,9 +14,9 @@ import numpy as np
 from galmorph import backends, tracking
 from galmorph.config import TrainConfig
 from galmorph.core import metrics, specs, system, training
-from galmorph.data import augment, registry, splits
+from galmorph.data import augment, registry
+from galmorph.tracking import artifacts, tags
 from galmorph.tracking import figures as plots
-from galmorph.tracking import tags
 from galmorph.workflows import explain
 from galmorph.workflows.prepare import Prepared, hyper_from, prepare, train_stream
 
@@ -174,23 +173,10 @@ def _write_artifacts(out: Path, config, data, split, spec, report, proba, report
     import yaml
 
     title = f"{config.model} {config.backend} on {Path(data.name).stem} ({data.scheme}, band {config.band})"
-    plots.confusion_matrix(report, out / "confusion_matrix.png", normalised=True, title=f"{title}: recall")
-    plots.confusion_matrix(report, out / "confusion_matrix_counts.png", normalised=False, title=f"{title}: counts")
+    artifacts.write_evaluation(out, report, title)
     plots.learning_curves(reporter.history, out / "learning_curves.png", title=title)
-    (out / "classification_report.json").write_text(json.dumps(report, indent=2))
-    test_rows = data.rows[split.test]
-    pred = proba.argmax(axis=1)
-    frame = pd.DataFrame({
-        "row": test_rows,
-        "galaxy": data.groups[split.test] if data.groups is not None else test_rows,
-        "true": [data.class_names[i] for i in data.labels[split.test]],
-        "predicted": [data.class_names[i] for i in pred],
-        "correct": pred == data.labels[split.test],
-        **{f"p_{metrics.metric_safe(n)}": proba[:, i] for i, n in enumerate(data.class_names)},
-    })
-    frame.to_csv(out / "predictions.csv", index=False)
-    splits.save(split, data.rows, out / "splits.json", dataset_digest=digest,
-                extra={"dataset": config.dataset, "scheme": data.scheme, "max_images": config.max_images})
+    artifacts.write_predictions(out, artifacts.prediction_columns(data, split, proba))
+    artifacts.write_split(out, config, data, split, digest)
     (out / "config.yaml").write_text(yaml.safe_dump({**config.to_dict(), "resolved": {
         "scheme": data.scheme, "class_names": list(data.class_names), "input_shape": list(spec.input_shape),
         "trainable_params": spec.trainable_params, "dataset_digest": digest}}, sort_keys=False))

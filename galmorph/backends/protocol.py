@@ -1,0 +1,78 @@
+"""The contract every backend module satisfies (a `typing.Protocol`; tests check both).
+
+A backend is a package whose top-level functions are these. It builds a framework model
+from a neutral `NetworkSpec`, fits it on galmorph's batches while calling the neutral
+per-epoch reporter, predicts probabilities and logs the model; everything else (data,
+splits, metrics, early stopping, MLflow bookkeeping) is backend-neutral and lives outside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from galmorph.core.specs import NetworkSpec
+from galmorph.core.training import EpochReporter, Hyper
+
+Batches = Iterable[np.ndarray]  # float32 NHWC image batches
+
+
+@runtime_checkable
+class Backend(Protocol):
+    NAME: str
+
+    def setup(self, seed: int, threads: int = 0, devices: int = 1) -> dict:
+        """Seed, threads and (data-parallel) process group; returns device, device_name, framework."""
+
+    def build(self, spec: NetworkSpec, hyper: Hyper | None = None) -> Any:
+        """The framework model of `spec` (float32 NHWC in, probabilities or logits out)."""
+
+    def count_params(self, model: Any) -> tuple[int, int]:
+        """(trainable, total) parameters, counted as Keras counts them."""
+
+    def fit(self, model: Any, stream: Any, val_batches: Callable[[], Iterator[np.ndarray]], hyper: Hyper,
+            reporter: EpochReporter) -> Any:
+        """Train on `stream` (galmorph.data.augment.TrainStream), calling reporter.end_epoch once
+        per epoch; return the model with the best epoch's weights restored."""
+
+    def predict_proba(self, model: Any, batches: Batches) -> np.ndarray:
+        """Class probabilities (N, n_classes), float64, of the images in `batches`."""
+
+    def log_model(self, model: Any, name: str, input_example: np.ndarray) -> str:
+        """Log `model` to the active MLflow run under `name`; return its model URI."""
+
+    def device_stats(self) -> dict:
+        """Peak device memory and the like, for the run's metrics (empty on the CPU)."""
+
+    def resolved(self, hyper: Hyper) -> dict:
+        """The performance settings applied for `hyper` (galmorph.core.acceleration), as params."""
+
+    def step_rate(self, model: Any, hyper: Hyper, x: np.ndarray, y: np.ndarray, steps: int, warmup: int = 3,
+                  blocks: int = 1) -> list[float]:
+        """Training images/s of steps on one batch already on the device (the pipeline's ceiling)."""
+
+    def replica(self) -> tuple[int, int]:
+        """(rank, world size) of this process; (0, 1) outside data-parallel training."""
+
+    def launch(self, argv: list[str], devices: int) -> dict | None:
+        """Start a multi-process run and return rank 0's metrics, or None to train in this process."""
+
+    def finish(self, metrics: dict) -> None:
+        """End of a run in this process."""
+
+
+@runtime_checkable
+class Explainer(Protocol):
+    """A backend's explain.py: what a network's convolutions see, for galmorph.workflows.explain."""
+
+    def feature_maps(self, model: Any, x: np.ndarray, layer_index: int = 0) -> np.ndarray:
+        """Activations (N, H, W, C) of convolution `layer_index` (after its ReLU) for images x."""
+
+    def conv_gradients(self, model: Any, x: np.ndarray, class_index, layer_index: int = -1
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """(activations, gradients of the class scores) at convolution `layer_index`, for Grad-CAM."""
+
+    def load_logged_model(self, uri: str) -> Any:
+        """The framework model logged at an MLflow model URI."""

@@ -1,0 +1,77 @@
+"""`retrain(RetrainConfig)`: the best trial of a study, trained on train+validation for a fixed
+number of epochs and evaluated once on the test split, which no trial decision has used."""
+
+from __future__ import annotations
+
+import contextlib
+
+from galmorph.config import TrainConfig
+from galmorph.core.errors import GalmorphError
+from galmorph.tracking import redact
+from galmorph.tracking.tags import ROLE
+from galmorph.workflows import prepare, train
+from galmorph.workflows.tune.config import DEFAULT_STORAGE, RetrainConfig
+from galmorph.workflows.tune.storage import open_storage, quiet_optuna
+
+
+def retrain(config: RetrainConfig) -> dict:
+    """Train the best trial's configuration on train+validation and test it once.
+
+    The split is the study's (same seed, fractions, max_images), so the test images are the
+    ones no trial decision used. Early stopping is off: the run trains a fixed number of
+    epochs (the best trial's best epoch + 1 unless given) and logs `study_best_val_accuracy`
+    beside its test metrics; its val_* metrics are measured on images it trained on (tag
+    val_merged_into_train=true).
+    """
+    import mlflow
+
+    storage_url = config.storage or DEFAULT_STORAGE
+    study, best = _best_trial(config.study_name, storage_url)
+    base_dict = dict(study.user_attrs.get("galmorph_base_config") or {})
+    if not base_dict:
+        raise GalmorphError(f"study {config.study_name!r} was not made by galmorph tune (no galmorph_base_config)")
+    base = TrainConfig(**base_dict)
+    epochs = config.epochs or max(1, int(best.user_attrs.get("best_epoch", base.epochs - 1)) + 1)
+    cfg = base.replace(**best.user_attrs.get("config_overrides", {}), epochs=epochs, patience=0,
+                       log_model=config.log_model, tta=config.tta, threads=config.threads,
+                       experiment=config.experiment, dataset=config.dataset or base.dataset,
+                       run_name=config.run_name or f"{config.study_name}-retrain-trial-{best.number}")
+    cfg.validate()
+    prepared = prepare.prepare(cfg, merge_val_into_train=True)
+    want = (study.user_attrs.get("galmorph_identity") or {}).get("dataset_digest")
+    if want and prepared.data.digest() != want:
+        raise GalmorphError(f"the dataset {cfg.dataset} differs from the study's (digest {prepared.data.digest()} "
+                            f"vs {want}); pass --dataset with the study's data")
+    tags = {"optuna_study": config.study_name, "optuna_trial_number": str(best.number), ROLE: "retrain",
+            "val_merged_into_train": "true", "study_best_run_id": best.user_attrs.get("mlflow_run_id") or "",
+            "optuna_storage": redact(storage_url)}
+    started = []
+    result = train.run(cfg, prepared=prepared, extra_tags=tags, started=started.append)
+    run_id = started[0]
+    mlflow.MlflowClient().log_metric(run_id, "study_best_val_accuracy", float(best.value))
+    out = {"study_name": config.study_name, "best_trial": best.number, "study_best_val_accuracy": float(best.value),
+           "test_accuracy": float(result["test_accuracy"]), "epochs": epochs, "run_id": run_id,
+           "n_train": int(prepared.split.train.size)}
+    with contextlib.suppress(Exception):
+        study.set_user_attr("retrain", out)
+    print(f"retrained trial {best.number} of {config.study_name} for {epochs} epochs on train+validation: "
+          f"study val accuracy {best.value:.4f}, test accuracy {out['test_accuracy']:.4f} (run {run_id})")
+    return out
+
+
+def _best_trial(study_name: str, storage_url: str):
+    """(study, its best trial); a one-line GalmorphError when there is no such study or no complete trial."""
+    optuna = quiet_optuna()
+    if not study_name:
+        raise GalmorphError("retrain needs --study-name (and --storage where the study is not in the default)")
+    storage = open_storage(storage_url)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = optuna.study.get_all_study_names(storage)
+        raise GalmorphError(f"no study {study_name!r} in {redact(storage_url)}; it has: "
+                            f"{', '.join(names) or 'none'}") from None
+    try:
+        return study, study.best_trial
+    except ValueError:
+        raise GalmorphError(f"study {study_name!r} has no complete trial to retrain") from None

@@ -1,0 +1,133 @@
+"""Running a study: `tune(TuneConfig)` opens (or continues) the Optuna study, loads the data
+once and optimizes the objective, with one MLflow parent run per invocation and a nested child
+run per trial; the sampler and pruner come from `make_sampler` / `make_pruner`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from galmorph import tracking
+from galmorph.config import TrainConfig, flat
+from galmorph.core.errors import GalmorphError
+from galmorph.tracking import redact
+from galmorph.tracking.tags import ROLE
+from galmorph.workflows import prepare
+from galmorph.workflows.tune.config import IDENTITY, TuneConfig
+from galmorph.workflows.tune.objective import TrialFailed, make_objective
+from galmorph.workflows.tune.space import SearchSpace, load_space
+from galmorph.workflows.tune.storage import open_storage, quiet_optuna
+from galmorph.workflows.tune.summary import log_study, print_summary, summarize
+
+
+def make_sampler(config: TuneConfig, space: SearchSpace, seed: int):
+    """The sampler config names, seeded with `seed`; cmaes needs numeric parameters and the cmaes package."""
+    optuna = quiet_optuna()
+    if config.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    tpe = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    if config.sampler == "tpe":
+        return tpe
+    if not any(p.kind in ("float", "int") for p in space.params):
+        raise GalmorphError(f"CMA-ES samples numeric parameters and {space.path.name} has none; use --sampler tpe")
+    try:
+        import cmaes  # noqa: F401
+    except ImportError:
+        raise GalmorphError("the cmaes sampler needs the cmaes package: pip install cmaes") from None
+    # CMA-ES where it applies (the numeric parameters present in every trial); the
+    # categorical and conditional ones go to TPE.
+    return optuna.samplers.CmaEsSampler(seed=seed, independent_sampler=tpe, warn_independent_sampling=False)
+
+
+def make_pruner(config: TuneConfig):
+    """The pruner config names; its steps are epochs (hyperband's budget is base.epochs)."""
+    optuna = quiet_optuna()
+    if config.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=config.n_startup_trials, n_warmup_steps=config.n_warmup_steps)
+    if config.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.base.epochs, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def tune(config: TuneConfig, *, pruner=None, sampler=None) -> dict:
+    """Run (or continue) a study; log it as one MLflow parent run with a child run per trial.
+
+    `pruner` / `sampler` replace the ones config names (Python API, e.g. a test's pruner).
+    Returns the study summary: best_value, best_trial, best_params, best_run_id,
+    parent_run_id, trial counts by state and the epoch accounting of pruning.
+    """
+    import mlflow
+
+    study_name, storage_url = config.resolved_study_name(), config.resolved_storage()
+    base = config.train_config()
+    tracking.configure(config.experiment)
+    tags = {"optuna_study": study_name, "optuna_storage": redact(storage_url), ROLE: "study",
+            "model": config.base.model, "backend": config.base.backend, "dataset": config.base.dataset}
+    with tracking.run(config.run_name or f"tune-{study_name}", tags=tags) as parent:
+        config.validate()  # inside the run: bad settings end it FAILED with the reason, like train.run
+        space = load_space(config.base.model, config.search_space)
+        tracking.log_params({**flat(config),
+                             "storage": redact(storage_url), "study_name": study_name,
+                             "search_space_file": str(space.path)})
+        storage = open_storage(storage_url, config.heartbeat_interval, config.grace_period, config.max_retry)
+        prepared = prepare.prepare(base)  # once, for every trial of this invocation
+        identity = {**{k: getattr(base, k) for k in IDENTITY if k != "dataset_digest"},
+                    "dataset_digest": prepared.data.digest()}
+        study = _open_study(study_name, storage, identity, pruner or make_pruner(config), base, space)
+        n_before = len(study.trials)
+        seed = _sampler_seed(config, n_before)
+        study.sampler = sampler or make_sampler(config, space, seed)
+        mlflow.set_tags({"optuna_trials_before": str(n_before), "optuna_sampler_seed": str(seed),
+                         "dataset_digest": identity["dataset_digest"]})
+        print(f"study {study_name} in {redact(storage_url)}: {n_before} trials so far; "
+              f"{config.n_trials or 'unlimited'} more, {config.sampler} sampler, {config.pruner} pruner",
+              file=sys.stderr)
+        parent_id = parent.info.run_id
+        objective = make_objective(base, space, prepared, study_name)
+        study.optimize(objective, n_trials=config.n_trials or None, timeout=config.timeout or None,
+                       catch=(TrialFailed,), callbacks=[_progress(parent_id)], gc_after_trial=True)
+        summary = summarize(study, n_before)
+        summary["parent_run_id"] = parent_id
+        log_study(study, summary, space)
+    print_summary(summary)
+    return summary
+
+
+def _open_study(study_name: str, storage, identity: dict, pruner, base: TrainConfig, space: SearchSpace):
+    """Create the study, recording `identity`, the base config and the search space; or load it,
+    and refuse (GalmorphError) when it was run with another identity."""
+    optuna = quiet_optuna()
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
+                                load_if_exists=True, pruner=pruner)
+    known = study.user_attrs.get("galmorph_identity")
+    if known is None:
+        study.set_user_attr("galmorph_identity", identity)
+        study.set_user_attr("galmorph_base_config", base.to_dict())
+        study.set_user_attr("search_space", space.text)
+    elif known != identity:
+        diff = ", ".join(f"{k}: {known.get(k)!r} -> {v!r}" for k, v in identity.items() if known.get(k) != v)
+        raise GalmorphError(f"study {study_name!r} was run with other settings ({diff}); "
+                            "use another --study-name or the study's settings")
+    return study
+
+
+def _sampler_seed(config: TuneConfig, n_before: int) -> int:
+    """The sampler's seed for an invocation that finds `n_before` trials in the study."""
+    import numpy as np
+
+    # a resumed study must not redraw the points it started with, hence n_before
+    entropy = [config.sampler_seed, n_before] if config.sampler_seed >= 0 else [config.base.seed, n_before, os.getpid()]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def _progress(parent_id: str):
+    """After each trial: the study's best value so far on the parent, step = trial number."""
+
+    def callback(study, trial) -> None:
+        import mlflow
+
+        with contextlib.suppress(ValueError):  # no complete trial yet
+            mlflow.MlflowClient().log_metric(parent_id, "best_value_so_far", study.best_value, step=trial.number)
+
+    return callback
