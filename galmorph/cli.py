@@ -12,6 +12,42 @@ import sys
 from galmorph.core.errors import GalmorphError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with galmorph's one-line errors: `galmorph: error: ...` and exit 2, no usage
+    block; under `mlflow run` the reason is also recorded on the run that MLflow started."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("galmorph").strip()
+        hint = f"; see `galmorph {command} --help`" if command else "; see `galmorph --help`"
+        fail(f"{message}{hint}")
+
+
+def fail(message: str) -> None:
+    """Print a one-line error, record it on the `mlflow run` run if there is one, exit 2."""
+    print(f"galmorph: error: {message}", file=sys.stderr)
+    _record_failure(message)
+    sys.exit(2)
+
+
+def _record_failure(message: str) -> None:
+    """`mlflow run` started a run before calling us (MLFLOW_RUN_ID): tag it with the reason
+    (MLflow itself marks it FAILED when we exit non-zero)."""
+    import os
+
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    try:
+        import mlflow
+
+        from galmorph.tracking import redact
+        from galmorph.tracking.tags import FAILURE_REASON
+
+        mlflow.MlflowClient().set_tag(run_id, FAILURE_REASON, redact(message)[:4000])
+    except Exception as exc:  # the store may be the problem; the message is printed either way
+        print(f"galmorph: could not record the failure on run {run_id}: {type(exc).__name__}", file=sys.stderr)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> None:
     """One --flag per setting of a config class (galmorph.config.settings_of), typed, with its
     help, allowed values and default."""
@@ -157,7 +193,7 @@ def cmd_explain(args) -> int:
 
 
 def _command(sub, name: str, cls, func, help: str, description: str, skip=()) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=description)
+    p = sub.add_parser(name, help=help, description=description)  # of class _Parser, like its parent
     if cls is not None:
         add_config_arguments(p, cls, skip)
     p.set_defaults(func=func)
@@ -175,9 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     from galmorph.workflows.report import ReportConfig
     from galmorph.workflows.tune import RetrainConfig, TuneConfig
 
-    parser = argparse.ArgumentParser(prog="galmorph", description="CNN galaxy morphology experiments, tracked in MLflow.")
+    parser = _Parser(prog="galmorph", description="CNN galaxy morphology experiments, tracked in MLflow.")
     parser.add_argument("--version", action="version", version=f"galmorph {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     _command(sub, "train", TrainConfig, cmd_train, "train and evaluate one network, logged to MLflow",
              "Train C1 or C2 with Keras or PyTorch and log everything to MLflow.")
@@ -191,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
              "evaluate once on the study's untouched test split.")
 
     data = sub.add_parser("data", help="download, generate, prepare and inspect datasets", description="Dataset utilities.")
-    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION", parser_class=_Parser)
     p = _command(dsub, "download", None, cmd_data_download, "download Galaxy10 SDSS (210 MB, checksum-verified, resumable)",
                  "Download a dataset into the cache ($GALMORPH_CACHE or ~/.cache/galmorph).")
     p.add_argument("name", choices=["galaxy10"], help="dataset to download")
@@ -244,6 +280,8 @@ def main(argv=None) -> int:
         return args.func(args)
     except GalmorphError as exc:
         print(f"galmorph: error: {exc}", file=sys.stderr)
+        if not getattr(exc, "recorded", False):
+            _record_failure(str(exc))
         return 2
     except KeyboardInterrupt:
         print("galmorph: interrupted", file=sys.stderr)

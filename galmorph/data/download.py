@@ -10,10 +10,12 @@ example for Galaxy10.h5, 210,234,548 bytes, from Zenodo). What it guarantees:
   `Range: bytes=N-`. A server that answers 200 (ignores Range) restarts it from byte 0; 206
   appends; 416 means the part is already whole (verified and installed) or bad (restarted).
   A `.part` longer than `size` is discarded.
-- Per URL, connection errors, timeouts, 408/429 and 5xx are retried with exponential backoff
-  (`BACKOFF_BASE` seconds, doubling, at most `BACKOFF_MAX`). An attempt that received new
-  bytes before failing does not use up a retry, because the next one resumes after them.
-  Other HTTP errors (404, 403, ...) and a wrong size or SHA256 move on to the next URL.
+- Per URL, what is retried and how long to wait follow galmorph's one HTTP policy
+  (`galmorph.data.http`: connection errors, timeouts, broken bodies and HTTP 408, 425, 429,
+  500, 502, 503, 504; jittered exponential backoff, Retry-After honoured, capped). An
+  attempt that received new bytes before failing does not use up a retry, because the next
+  one resumes after them. Other HTTP errors (404, 403, 501, ...), other request errors (a
+  bad URL, too many redirects) and a wrong size or SHA256 move on to the next URL.
 - A `.part` that failed verification is deleted; one left by a broken connection is kept so
   that the next call resumes it.
 - When every URL fails, `GalmorphError` says, in one line, which URLs were tried, what went
@@ -27,27 +29,19 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import time
 from pathlib import Path
 from typing import Sequence
 
 import requests
-import urllib3.exceptions
 from tqdm import tqdm
 
-from galmorph import __version__
 from galmorph.core.errors import GalmorphError
+from galmorph.data import http
 
-__all__ = ["fetch", "sha256_file", "verify", "BACKOFF_BASE", "BACKOFF_MAX"]
+__all__ = ["fetch", "sha256_file", "verify"]
 
-BACKOFF_BASE = 1.0  # seconds before the first retry of a URL; doubles with each failure
-BACKOFF_MAX = 30.0  # longest wait between two tries of one URL
-USER_AGENT = f"galmorph/{__version__} (+https://pypi.org/project/requests/)"
-
-_sleep = time.sleep  # tests replace this to record the backoff without waiting
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
-_RETRY_STATUS = frozenset({408, 429})
 
 
 # --------------------------------------------------------------------------- checks
@@ -93,9 +87,9 @@ def verify(path: Path, sha256: str, size: int | None = None) -> bool:
 class _Retry(Exception):
     """A transient failure: try the same URL again after a backoff."""
 
-    def __init__(self, message: str, wait: float | None = None):
+    def __init__(self, message: str, retry_after: str | None = None):
         super().__init__(message)
-        self.wait = wait  # seconds the server asked for (Retry-After), if any
+        self.retry_after = retry_after  # the server's Retry-After header, if any
 
 
 class _Skip(Exception):
@@ -140,11 +134,6 @@ def _int_header(value: str | None) -> int | None:
         return None
 
 
-def _retry_after(value: str | None) -> float | None:
-    seconds = _int_header(value)
-    return float(seconds) if seconds is not None and seconds >= 0 else None
-
-
 def _size_of(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -180,16 +169,15 @@ def _attempt(
             requests.exceptions.InvalidURL) as exc:
         raise _Skip(f"bad URL: {_describe(exc)}") from exc
     except requests.RequestException as exc:
-        raise _Retry(_describe(exc)) from exc
+        raise _as_failure(exc) from exc
 
     with response:
         status = response.status_code
         reason = _one_line(response.reason or "")
         if status == 416 and offset:
             raise _RangeNotSatisfiable()
-        if status >= 500 or status in _RETRY_STATUS:
-            raise _Retry(f"HTTP {status} {reason}".strip(),
-                         wait=_retry_after(response.headers.get("Retry-After")))
+        if http.retryable_status(status):
+            raise _Retry(f"HTTP {status} {reason}".strip(), response.headers.get("Retry-After"))
         if status not in (200, 206):
             raise _Skip(f"HTTP {status} {reason}".strip())
 
@@ -212,27 +200,7 @@ def _attempt(
         if size is not None and total is not None and total != size:
             raise _Skip(f"server offers {total:,} bytes, expected {size:,}")
 
-        received = 0
-        chunks = response.iter_content(chunk_size)
-        with tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                  desc=desc, disable=not progress) as bar, open(part, mode) as f:
-            while True:
-                try:
-                    chunk = next(chunks)
-                except StopIteration:
-                    break
-                except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-                    f.flush()
-                    raise _Retry(_describe(exc)) from exc
-                if not chunk:
-                    continue
-                f.write(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-                if size is not None and offset + received > size:
-                    raise _Skip(f"server sent more than the expected {size:,} bytes")
-            f.flush()
-            os.fsync(f.fileno())
+        received = _write_body(response, part, mode, offset, total, size, chunk_size, progress, desc)
 
     have = offset + received
     if length is not None and received < length:
@@ -240,6 +208,44 @@ def _attempt(
     if size is not None and have < size:
         raise _Retry(f"connection closed after {have:,} of {size:,} bytes")
     return mode == "ab"
+
+
+def _write_body(response: requests.Response, part: Path, mode: str, offset: int, total: int | None,
+                size: int | None, chunk_size: int, progress: bool, desc: str) -> int:
+    """Write the body of `response` to `part` (opened with `mode`, "ab" after `offset` bytes
+    or "wb"), synced; return the bytes received. A connection that breaks mid-body is a
+    _Retry (what arrived is kept, so the next try resumes after it); more bytes than
+    `size` is a _Skip.
+    """
+    received = 0
+    chunks = response.iter_content(chunk_size)
+    with tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+              desc=desc, disable=not progress) as bar, open(part, mode) as f:
+        while True:
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                break
+            except Exception as exc:
+                f.flush()
+                if http.is_transient(exc) or isinstance(exc, requests.RequestException):
+                    raise _as_failure(exc) from exc
+                raise
+            if not chunk:
+                continue
+            f.write(chunk)
+            received += len(chunk)
+            bar.update(len(chunk))
+            if size is not None and offset + received > size:
+                raise _Skip(f"server sent more than the expected {size:,} bytes")
+        f.flush()
+        os.fsync(f.fileno())
+    return received
+
+
+def _as_failure(exc: Exception) -> Exception:
+    """_Retry for an error the HTTP policy calls transient, _Skip for any other."""
+    return (_Retry if http.is_transient(exc) else _Skip)(_describe(exc))
 
 
 # --------------------------------------------------------------------------- one URL
@@ -275,10 +281,9 @@ def _fetch_url(
                 if failures > retries:
                     tries = "try" if failures == 1 else "tries"
                     return f"{exc} (after {failures} {tries})"
-            wait = BACKOFF_BASE * 2 ** max(failures - 1, 0)
-            if exc.wait is not None:
-                wait = max(wait, exc.wait)
-            _sleep(min(wait, BACKOFF_MAX))
+            # A try that made progress waits like the first retry: the backoff grows only
+            # with tries that got nothing.
+            http.wait(http.delay(max(failures - 1, 0), exc.retry_after))
             continue
         except (_Restart, _RangeNotSatisfiable) as exc:
             if isinstance(exc, _RangeNotSatisfiable):
@@ -360,8 +365,7 @@ def fetch(
                 return dest
 
         tried = []
-        with requests.Session() as session:
-            session.headers["User-Agent"] = USER_AGENT
+        with http.session() as session:
             for url in urls:
                 error = _fetch_url(session, url, part, sha256, size, timeout, retries,
                                    chunk_size, progress, dest.name)

@@ -28,12 +28,13 @@ import numpy as np
 import pytest
 
 from galmorph.core.errors import GalmorphError
-from galmorph.data import nair2010
+from galmorph.data import http, nair2010
+from galmorph.data.nair2010 import catalogue, cutouts
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
 
-FIXTURE = Path(__file__).parent / "data" / "nair2010" / "asu_table2.tsv"
+FIXTURE = Path(__file__).parent / "nair2010" / "asu_table2.tsv"
 
 # The fixture's rows (also parsed here independently of the module under test).
 _LINES = FIXTURE.read_text().splitlines()
@@ -209,7 +210,7 @@ def server():
 
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch):
-    monkeypatch.setattr(nair2010, "BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr(http, "BACKOFF_BASE", 0.01)
 
 
 def _prepare(server, tmp_path, **kw):
@@ -264,7 +265,7 @@ def test_parse_asu_tsv_variants():
         "\t\t\t",  # a row of empty cells
         "",
     ])
-    df = nair2010._normalise_catalogue(nair2010._parse_asu_tsv(text), "test")
+    df = catalogue._normalise_catalogue(catalogue._parse_asu_tsv(text), "test")
     assert df["objid"].tolist()[:2] == ["J004200.00-011500.0", "J120000.00-013000.0"]
     assert df["ra"].tolist()[:2] == [10.5, 180.0] and df["dec"].tolist()[:2] == [-1.25, -1.5]
     assert df["ttype"].tolist()[:2] == [-5.0, 99.0]
@@ -272,9 +273,9 @@ def test_parse_asu_tsv_variants():
     assert df["redshift"].isna().all()
 
     with pytest.raises(GalmorphError, match="Unknown table"):
-        nair2010._parse_asu_tsv("#\n#***** ERROR: Unknown table J/ApJS/186/427/table9\n")
+        catalogue._parse_asu_tsv("#\n#***** ERROR: Unknown table J/ApJS/186/427/table9\n")
     with pytest.raises(GalmorphError, match="no ttype column"):
-        nair2010._normalise_catalogue(nair2010._parse_asu_tsv("a\tb\n--\t--\n1\t2\n"), "test")
+        catalogue._normalise_catalogue(catalogue._parse_asu_tsv("a\tb\n--\t--\n1\t2\n"), "test")
 
 
 def test_fetch_catalogue_parses_and_caches(server, tmp_path):
@@ -400,7 +401,7 @@ def test_resume_fetches_only_missing_cutouts(server, tmp_path):
 
 
 def test_interrupted_run_resumes(server, tmp_path, monkeypatch):
-    real_store, calls, lock = nair2010._store_cutout, [0], threading.Lock()
+    real_store, calls, lock = cutouts._store_cutout, [0], threading.Lock()
 
     def store_then_interrupt(path, data):
         with lock:
@@ -410,7 +411,7 @@ def test_interrupted_run_resumes(server, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # as if Ctrl-C landed mid-run
         real_store(path, data)
 
-    monkeypatch.setattr(nair2010, "_store_cutout", store_then_interrupt)
+    monkeypatch.setattr(cutouts, "_store_cutout", store_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         _prepare(server, tmp_path, workers=2, max_rate=50.0)
     done = _cached(tmp_path)
@@ -419,7 +420,7 @@ def test_interrupted_run_resumes(server, tmp_path, monkeypatch):
     assert not (tmp_path / "out" / "nair2010.manifest.json").exists()
     assert _tmp_files(tmp_path) == []
 
-    monkeypatch.setattr(nair2010, "_store_cutout", real_store)
+    monkeypatch.setattr(cutouts, "_store_cutout", real_store)
     server.state.requests.clear()
     manifest = _prepare(server, tmp_path)
     assert set(server.state.requests) == set(range(N)) - done

@@ -5,6 +5,7 @@ process)."""
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 import sys
@@ -421,6 +422,27 @@ def test_hierarchy_trains_one_network_per_node_on_the_flat_split(store):
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-4)
     assert len(pred) == len(flat["rows"]["test"])
     assert parent.data.metrics["test_accuracy"] == pytest.approx(pred["correct"].mean())
+
+
+def test_report_renderers_escape_user_text(tmp_path):
+    """Run, dataset and class names and filters come from users: report.html shows them as
+    text, and so does report.md in a Markdown viewer; the report's own code and bold survive."""
+    evil = "<script>alert(1)</script>"
+    fig = tmp_path / "figures" / "cm.png"
+    fig.parent.mkdir()
+    fig.write_bytes(b"\x89PNG")
+    blocks = [("h1", f"report {evil}"),
+              ("p", f"filter `tags.dataset = '{evil}'`, **paper**: Nair & Abraham; \\`{evil}` ``{evil}` &lt;b&gt;"),
+              ("table", ["dataset", "run ids"], [[f"set{evil}", "a|b"]]),
+              ("images", [(fig, f"c2 torch, {evil}] [x](javascript:1)")])]
+    page = report.render.render_html(blocks, evil)
+    assert "<script" not in page and "&lt;script&gt;" in page and "<b>paper</b>" in page
+    md = report.render.render_markdown(blocks, tmp_path)
+    assert "Nair & Abraham" in md and f"`tags.dataset = '{evil}'`" in md  # plain text stays readable
+    viewer = pytest.importorskip("markdown_it").MarkdownIt("commonmark").enable("table").render(md)
+    assert "<script" not in viewer and f"<code>tags.dataset = '{html.escape(evil, quote=False)}'</code>" in viewer
+    assert "<strong>paper</strong>" in viewer and "&amp;lt;b&amp;gt;" in viewer and "<td>a|b</td>" in viewer
+    assert viewer.count("<img ") == 1 and 'src="figures/cm.png"' in viewer
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from galmorph.core.errors import GalmorphError
-from galmorph.data import download
+from galmorph.data import download, http
 from galmorph.data.download import fetch, sha256_file, verify
 
 STALL_S = 1.0
@@ -172,7 +172,8 @@ def server():
 def sleeps(monkeypatch):
     """Record the backoff waits instead of sleeping through them."""
     recorded: list[float] = []
-    monkeypatch.setattr(download, "_sleep", recorded.append)
+    monkeypatch.setattr(http, "_sleep", recorded.append)
+    monkeypatch.setattr(http, "JITTER", 0.0)
     return recorded
 
 
@@ -402,7 +403,7 @@ def test_retries_500_with_exponential_backoff(server, tmp_path, sleeps):
 
 
 def test_retries_are_bounded(server, tmp_path, sleeps, monkeypatch):
-    monkeypatch.setattr(download, "BACKOFF_MAX", 1.5)
+    monkeypatch.setattr(http, "BACKOFF_MAX", 1.5)
     url = server.route("/g.h5", then="500")
     dest = tmp_path / "g.h5"
     with pytest.raises(GalmorphError, match="HTTP 500"):
