@@ -22,6 +22,20 @@ def quiet_optuna():
     return optuna
 
 
+# what PostgreSQL and SQLite say when two workers create Optuna's schema at the same moment
+_CREATE_RACE = ("already exists", "duplicate key", "concurrently", "deadlock detected")
+
+
+def _chain(exc: BaseException) -> str:
+    """The messages of an exception and of every exception it was raised from or during."""
+    texts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        texts.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return " | ".join(texts)
+
+
 def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 0, max_retry: int = 3):
     """An Optuna RDBStorage for `url`; with heartbeats, dead workers' trials are failed and re-queued."""
     optuna = quiet_optuna()
@@ -45,8 +59,9 @@ def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 0, m
         except Exception as exc:  # unreachable server, bad URL, missing driver: a user's problem
             text = str(exc)
             # workers started together on an empty database race to create Optuna's tables;
-            # the loser finds them made a moment later
-            if attempt < 3 and ("already exists" in text or "duplicate key" in text):
+            # the loser finds them made a moment later. Optuna wraps the database's own error
+            # ("An exception is raised during the commit"), so read the whole chain.
+            if attempt < 3 and any(s in _chain(exc) for s in _CREATE_RACE):
                 time.sleep(0.5 + random.random())
                 continue
             reason = redact(text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
