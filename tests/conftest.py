@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# the `server` fixture: a local VizieR + SkyServer stand-in (tests/skyserver.py)
+pytest_plugins = ["skyserver"]
+
 REPO = Path(__file__).resolve().parent.parent
 GZ2_SAMPLE = REPO.parent / "shared" / "data" / "gz2_zhu5_sample.h5"
 

@@ -4,7 +4,6 @@ parameter for parameter, and lay their code out the same way."""
 import json
 
 import pytest
-
 from conftest import REPO, run_python
 
 

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import yaml
 from conftest import REPO, child_env, make_h5, run_python
-from test_nair2010 import server  # noqa: F401  (the local VizieR + ImgCutout server fixture)
 
 from galmorph.config import TrainConfig
 from galmorph.core.errors import GalmorphError
@@ -333,7 +332,7 @@ def store(tmp_path_factory):
         " '--log-model', 'false']) == 0\n"
         "assert main(['hierarchy', '--backend', 'torch', *tiny, '--tree', 'early_late_4way', '--log-model', 'false']) == 0\n"
         "assert main(['multiseed', '--backend', 'torch', *tiny, '--seeds', '1', '--schemes', '4way:E-vs-Sp,4way:Sp-vs-Irr',"
-        " '--log-model', 'false']) == 0\n"
+        " '--log-model', 'true']) == 0\n"
     )
     keras_code = ("from galmorph.cli import main\n"
                   f"assert main(['multiseed', '--backend', 'keras', *{TINY!r}, '--seeds', '2']) == 0\n")
@@ -347,12 +346,17 @@ def store(tmp_path_factory):
     runs = client.search_runs([exp.experiment_id], max_results=500)
     keras_child = next(r for r in runs if r.data.tags.get("backend") == "keras" and "galmorph.parent" in r.data.tags
                        and r.data.params.get("seed") == "0")
-    proc = subprocess.run([sys.executable, "-m", "galmorph", "explain", "--run-id", keras_child.info.run_id,
-                           "--per-class", "2"], cwd=REPO, env=child_env(env), capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # each backend's logged model, reloaded from the store as a user would (`galmorph explain`)
+    torch_pair = next(r for r in runs if r.data.tags.get("backend") == "torch" and r.data.tags.get("scheme") == "4way:E-vs-Sp"
+                      and "model_uri" in r.data.tags)
+    for run in (keras_child, torch_pair):
+        proc = subprocess.run([sys.executable, "-m", "galmorph", "explain", "--run-id", run.info.run_id,
+                               "--per-class", "2"], cwd=REPO, env=child_env(env), capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     runs = client.search_runs([exp.experiment_id], max_results=500)
-    return {"client": client, "uri": uri, "runs": runs, "tmp": tmp, "exp": exp, "keras_child": keras_child.info.run_id}
+    return {"client": client, "uri": uri, "runs": runs, "tmp": tmp, "exp": exp, "keras_child": keras_child.info.run_id,
+            "torch_pair": torch_pair.info.run_id}
 
 
 def _by(runs, **tags):
@@ -385,14 +389,16 @@ def test_multiseed_parent_logs_mean_and_std_of_its_children(store):
 def test_explain_artifacts_from_training_and_from_a_logged_model(store):
     client = store["client"]
     torch_child = next(r for r in _by(store["runs"], backend="torch", scheme="4way") if "galmorph.parent" in r.data.tags)
-    for run_id, n in ((torch_child.info.run_id, 3), (store["keras_child"], 2)):
+    # from training (--explain true), and from each backend's logged model (`galmorph explain`)
+    for run_id, n, classes in ((torch_child.info.run_id, 3, set(SYNTHETIC)), (store["keras_child"], 2, set(SYNTHETIC)),
+                               (store["torch_pair"], 2, {"E", "Sp"})):
         names = {Path(a.path).name for a in client.list_artifacts(run_id, "explain")}
         assert {"feature_maps_conv1.png", "feature_maps_conv2.png", "grad_cam.png", "explain.json", "explain.npz"} <= names
         folder = client.download_artifacts(run_id, "explain", str(store["tmp"] / f"explain-{run_id}"))
         doc = json.loads((Path(folder) / "explain.json").read_text())
         assert doc["feature_map_shapes"]["conv1"] == [57, 57, 32]
-        assert {g["true"] for g in doc["galaxies"]} == set(SYNTHETIC)
-        assert max(sum(g["true"] == c for g in doc["galaxies"]) for c in SYNTHETIC) == n
+        assert {g["true"] for g in doc["galaxies"]} == classes
+        assert max(sum(g["true"] == c for g in doc["galaxies"]) for c in classes) == n
         cams = np.load(Path(folder) / "explain.npz")["grad_cam"].astype(float)
         assert cams.shape[1:] == (63, 63) and np.isfinite(cams).all()
         assert cams.min() >= 0 and cams.max() <= 1.001

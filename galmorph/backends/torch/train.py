@@ -212,8 +212,10 @@ def log_model(model: nn.Module, name: str, input_example: np.ndarray) -> str:
 
     wrapped = Probabilities(model).to("cpu").eval()
     signature = infer_signature(input_example, predict_proba(model.to("cpu"), [input_example]))
+    # pickle, not MLflow 3's default torch.export ("pt2") graph: explain needs the network's
+    # modules (its convolutions' activations and gradients), which an exported graph flattens away
     info = mlflow.pytorch.log_model(
-        wrapped, name=name, signature=signature, input_example=input_example,
+        wrapped, name=name, signature=signature, input_example=input_example, serialization_format="pickle",
         code_paths=[str(_package_dir(galmorph))],
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
     )
