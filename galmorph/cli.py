@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from galmorph.core.errors import GalmorphError
+from galmorph.tracking import redact
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,10 +24,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def fail(message: str) -> None:
-    """Print a one-line error, record it on the `mlflow run` run if there is one, exit 2."""
-    print(f"galmorph: error: {message}", file=sys.stderr)
+    """Print a one-line error (credentials masked), record it on the `mlflow run` run if there
+    is one, exit 2."""
+    _print_error(message)
     _record_failure(message)
     sys.exit(2)
+
+
+def _print_error(message: str) -> None:
+    print(f"galmorph: error: {redact(message)}", file=sys.stderr)
 
 
 def _record_failure(message: str) -> None:
@@ -40,7 +46,6 @@ def _record_failure(message: str) -> None:
     try:
         import mlflow
 
-        from galmorph.tracking import redact
         from galmorph.tracking.tags import FAILURE_REASON
 
         mlflow.MlflowClient().set_tag(run_id, FAILURE_REASON, redact(message)[:4000])
@@ -279,7 +284,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except GalmorphError as exc:
-        print(f"galmorph: error: {exc}", file=sys.stderr)
+        _print_error(str(exc))
         if not getattr(exc, "recorded", False):
             _record_failure(str(exc))
         return 2

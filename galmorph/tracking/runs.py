@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import tempfile
 from pathlib import Path
 
 from galmorph.core.errors import GalmorphError
-
-_SECRET = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
-
-
-def redact(value) -> str:
-    """Hide the password of a URL (postgresql://user:secret@host -> postgresql://user:***@host)."""
-    return _SECRET.sub(r"\1***\3", str(value))
+from galmorph.tracking.secrets import redact
 
 
 def configure(experiment: str) -> None:
@@ -47,7 +40,7 @@ def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None 
     """
     import mlflow
 
-    kwargs = {"nested": nested, "tags": tags}
+    kwargs = {"nested": nested, "tags": {k: redact(v) for k, v in (tags or {}).items()} or None}
     parent = mlflow.active_run()
     if nested and parent is not None:  # a child lives in its parent's experiment
         kwargs["experiment_id"] = parent.info.experiment_id
