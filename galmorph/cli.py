@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from galmorph.core.errors import GalmorphError
-from galmorph.tracking import redact
+from galmorph.tracking import redact, store_problem
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +37,8 @@ def _print_error(message: str) -> None:
 
 def _record_failure(message: str) -> None:
     """`mlflow run` started a run before calling us (MLFLOW_RUN_ID): tag it with the reason
-    (MLflow itself marks it FAILED when we exit non-zero)."""
+    (MLflow itself marks it FAILED when we exit non-zero). Not where the tracking store is
+    the problem: MLflow would retry it for minutes."""
     import os
 
     run_id = os.environ.get("MLFLOW_RUN_ID")
@@ -48,7 +49,8 @@ def _record_failure(message: str) -> None:
 
         from galmorph.tracking.tags import FAILURE_REASON
 
-        mlflow.MlflowClient().set_tag(run_id, FAILURE_REASON, redact(message)[:4000])
+        if store_problem() is None:
+            mlflow.MlflowClient().set_tag(run_id, FAILURE_REASON, redact(message)[:4000])
     except Exception as exc:  # the store may be the problem; the message is printed either way
         print(f"galmorph: could not record the failure on run {run_id}: {type(exc).__name__}", file=sys.stderr)
 
