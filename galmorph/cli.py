@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from galmorph.core.errors import GalmorphError
+from galmorph.tracking import redact, store_problem
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,15 +24,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def fail(message: str) -> None:
-    """Print a one-line error, record it on the `mlflow run` run if there is one, exit 2."""
-    print(f"galmorph: error: {message}", file=sys.stderr)
+    """Print a one-line error (credentials masked), record it on the `mlflow run` run if there
+    is one, exit 2."""
+    _print_error(message)
     _record_failure(message)
     sys.exit(2)
 
 
+def _print_error(message: str) -> None:
+    print(f"galmorph: error: {redact(message)}", file=sys.stderr)
+
+
 def _record_failure(message: str) -> None:
     """`mlflow run` started a run before calling us (MLFLOW_RUN_ID): tag it with the reason
-    (MLflow itself marks it FAILED when we exit non-zero)."""
+    (MLflow itself marks it FAILED when we exit non-zero). Not where the tracking store is
+    the problem: MLflow would retry it for minutes."""
     import os
 
     run_id = os.environ.get("MLFLOW_RUN_ID")
@@ -40,10 +47,10 @@ def _record_failure(message: str) -> None:
     try:
         import mlflow
 
-        from galmorph.tracking import redact
         from galmorph.tracking.tags import FAILURE_REASON
 
-        mlflow.MlflowClient().set_tag(run_id, FAILURE_REASON, redact(message)[:4000])
+        if store_problem() is None:
+            mlflow.MlflowClient().set_tag(run_id, FAILURE_REASON, redact(message)[:4000])
     except Exception as exc:  # the store may be the problem; the message is printed either way
         print(f"galmorph: could not record the failure on run {run_id}: {type(exc).__name__}", file=sys.stderr)
 
@@ -279,7 +286,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except GalmorphError as exc:
-        print(f"galmorph: error: {exc}", file=sys.stderr)
+        _print_error(str(exc))
         if not getattr(exc, "recorded", False):
             _record_failure(str(exc))
         return 2

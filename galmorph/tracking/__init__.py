@@ -1,13 +1,18 @@
-"""MLflow glue: runs that end FAILED/KILLED on errors, tag keys and run names, artifacts, figures."""
+"""MLflow glue: runs that end FAILED/KILLED on errors, tag keys and run names, artifacts, figures;
+credentials masked wherever text is logged or printed (secrets); the tracking store checked
+before the first MLflow call (store)."""
 
 from galmorph.tracking.runs import (
                                     artifact_dir,
                                     configure,
                                     install_sigterm_handler,
                                     log_params,
-                                    redact,
                                     require_finite,
                                     run,
+                                    validated,
 )
+from galmorph.tracking.secrets import redact
+from galmorph.tracking.store import check_store, store_problem
 
-__all__ = ["artifact_dir", "configure", "install_sigterm_handler", "log_params", "redact", "require_finite", "run"]
+__all__ = ["artifact_dir", "check_store", "configure", "install_sigterm_handler", "log_params", "redact",
+           "require_finite", "run", "store_problem", "validated"]

@@ -5,22 +5,31 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import tempfile
 from pathlib import Path
 
 from galmorph.core.errors import GalmorphError
+from galmorph.tracking.secrets import redact
+from galmorph.tracking.store import check_store, store_problem
 
-_SECRET = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
 
-
-def redact(value) -> str:
-    """Hide the password of a URL (postgresql://user:secret@host -> postgresql://user:***@host)."""
-    return _SECRET.sub(r"\1***\3", str(value))
+def validated(check) -> GalmorphError | None:
+    """Call `check()` (a config's validate) before any MLflow call and return its GalmorphError,
+    for the caller to raise inside its run, which then ends FAILED with the reason. Where the
+    tracking store cannot be used (galmorph.tracking.store), the error is raised at once
+    instead: no run can record it, and the store's trouble would only hide it."""
+    try:
+        check()
+    except GalmorphError as exc:
+        if store_problem() is not None:
+            raise
+        return exc
+    return None
 
 
 def configure(experiment: str) -> None:
-    """Use `experiment`, unless a run is already chosen: by `mlflow run` (MLFLOW_RUN_ID) or by
+    """Check the tracking store (once per process, galmorph.tracking.store.check_store), then
+    use `experiment`, unless a run is already chosen: by `mlflow run` (MLFLOW_RUN_ID) or by
     an active parent run, whose nested runs belong in its experiment.
 
     (MLflow 3 deletes MLFLOW_RUN_ID from the environment once start_run has used it, so
@@ -28,6 +37,7 @@ def configure(experiment: str) -> None:
     no sign of `mlflow run`: set_experiment exports it, so honouring it would pin every later
     run of the process to the first experiment.)
     """
+    check_store()  # before importing MLflow, which takes seconds
     import mlflow
 
     if not os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None:
@@ -47,7 +57,7 @@ def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None 
     """
     import mlflow
 
-    kwargs = {"nested": nested, "tags": tags}
+    kwargs = {"nested": nested, "tags": {k: redact(v) for k, v in (tags or {}).items()} or None}
     parent = mlflow.active_run()
     if nested and parent is not None:  # a child lives in its parent's experiment
         kwargs["experiment_id"] = parent.info.experiment_id

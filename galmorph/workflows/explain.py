@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galmorph import backends
+from galmorph import backends, tracking
 from galmorph.config import TrainConfig, option
 from galmorph.core.errors import GalmorphError
 from galmorph.data import augment
@@ -218,6 +218,7 @@ def explain_run(run_id: str, *, per_class: int = 3) -> dict:
     import mlflow
     import yaml
 
+    tracking.check_store()
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
     uri = run.data.tags.get("model_uri")

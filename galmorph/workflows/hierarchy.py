@@ -188,13 +188,15 @@ def run(config: TrainConfig, name: str, *, nested: bool = False, extra_tags: dic
         raise GalmorphError("a hierarchical classifier trains its nodes in one process; use devices=1")
     base = base_scheme(name, dataset_key(config.dataset))
     base_config = config.replace(scheme=base)
+    problem = tracking.validated(base_config.validate)  # raised inside the run: it ends FAILED
     tracking.configure(config.experiment)
     tag = scheme_tag(name)
     name = config.run_name or run_name(config.model, config.backend, config.dataset, tag)
     tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset, "scheme": tag,
             KIND: "hierarchy", "base_scheme": base, **(extra_tags or {})}
     with tracking.run(name, nested=nested, tags=tags, system_metrics=not nested) as parent:
-        base_config.validate()
+        if problem is not None:
+            raise problem
         prepared = prepare.prepare(base_config)
         data, split = prepared.data, prepared.split
         node_list = nodes(tree_entry["tree"], data.class_names, data.scheme, catalogue().get("aliases"))

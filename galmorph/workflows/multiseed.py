@@ -82,17 +82,22 @@ def aggregate(results: list[dict]) -> dict[str, float]:
 def run(config: TrainConfig, seeds: list[int], *, hierarchy: str | None = None, nested: bool = False,
         extra_tags: dict | None = None) -> dict[str, float]:
     """Train `config` once per seed as nested runs of one parent run; return the aggregates."""
-    import mlflow
 
+    def check():
+        config.validate()
+        if not seeds:
+            raise GalmorphError("no seeds given; pass --seeds 3 or --seeds 0,1,2")
+
+    problem = tracking.validated(check)  # raised inside the run: it ends FAILED with the reason
     tracking.configure(config.experiment)
+    import mlflow  # after the settings are checked: importing it takes seconds
     scheme = hier.scheme_tag(hierarchy) if hierarchy else config.scheme
     name = config.run_name or run_name(config.model, config.backend, config.dataset, scheme, f"x{len(seeds)}")
     tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset, "scheme": scheme,
             KIND: "multiseed", "seeds": ",".join(map(str, seeds)), **(extra_tags or {})}
     with tracking.run(name, nested=nested, tags=tags, system_metrics=not nested) as parent:
-        config.validate()
-        if not seeds:
-            raise GalmorphError("no seeds given; pass --seeds 3 or --seeds 0,1,2")
+        if problem is not None:
+            raise problem
         params = {k: v for k, v in config.to_dict().items() if k != "seed"}
         tracking.log_params({**params, "seeds": ",".join(map(str, seeds)), "n_seeds": len(seeds),
                              "hierarchy": hierarchy or ""})
@@ -141,13 +146,15 @@ def sweep(config: TrainConfig, seeds: list[int], scheme_list: list[str]) -> dict
 
     if len(scheme_list) == 1:
         return {scheme_list[0]: run(config.replace(scheme=scheme_list[0]), seeds)}
+    problem = tracking.validated(config.validate)
     tracking.configure(config.experiment)
     name = config.run_name or run_name(config.model, config.backend, config.dataset, "sweep")
     tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset,
             KIND: "sweep", "schemes": ",".join(scheme_list)[:5000]}
     out = {}
     with tracking.run(name, tags=tags) as parent:
-        config.validate()
+        if problem is not None:
+            raise problem
         tracking.log_params({"schemes": ",".join(scheme_list), "seeds": ",".join(map(str, seeds))})
         for scheme in scheme_list:
             cfg = config.replace(scheme=scheme, run_name="")

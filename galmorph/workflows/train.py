@@ -31,22 +31,24 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
     `after_fit(backend, model, prepared)`, if given, is called with the trained model (best
     weights restored) inside the run, e.g. to predict other images (galmorph.workflows.hierarchy).
 
-    Under `mlflow run` the run that MLflow created is continued. Bad settings end the run
-    FAILED with the reason in the `failure_reason` tag, before any training.
+    Under `mlflow run` the run that MLflow created is continued. Settings are checked before
+    any MLflow call; bad ones end the run FAILED with the reason in the `failure_reason` tag,
+    before any training (or, where the tracking store cannot be used, are raised alone).
     """
-    import mlflow
-
     launched = _data_parallel(config)
     if launched is not None:
         return launched
+    problem = tracking.validated(config.validate)
     tracking.configure(config.experiment)
+    import mlflow  # after the settings are checked: importing it takes seconds
     run_tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset,
                 "scheme": config.scheme, **(extra_tags or {})}
     name = config.run_name or tags.run_name(config.model, config.backend, config.dataset)
     with tracking.run(name, nested=nested, tags=run_tags, system_metrics=not nested) as active:
         if started is not None:
             started(active.info.run_id)
-        config.validate()
+        if problem is not None:
+            raise problem
         return _run(config, active, prepared, trial, mlflow, after_fit)
 
 
@@ -133,6 +135,8 @@ def _data_parallel(config: TrainConfig) -> dict | None:
 
     config.validate()
     backend = backends.get(config.backend)
+    if backend.replica()[1] == 1:  # the launching process: a broken store fails here, not in every replica
+        tracking.check_store()
     metrics = backend.launch(config.to_argv(), config.devices)
     if metrics is not None or backend.replica()[0] == 0:
         return metrics

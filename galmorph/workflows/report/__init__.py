@@ -43,6 +43,7 @@ def run(cfg: ReportConfig) -> list[Path]:
     Raises GalmorphError for an unknown experiment, a bad filter or an unwritable output."""
     import mlflow
 
+    tracking.check_store()
     client = mlflow.MlflowClient()
     runs = collect.search(client, cfg.experiment_names(), cfg.filter)
     chosen = collect.units(runs, cfg.include_nodes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 
+from galmorph import tracking
 from galmorph.config import TrainConfig
 from galmorph.core.errors import GalmorphError
 from galmorph.tracking import redact
@@ -37,6 +38,7 @@ def retrain(config: RetrainConfig) -> dict:
                        experiment=config.experiment, dataset=config.dataset or base.dataset,
                        run_name=config.run_name or f"{config.study_name}-retrain-trial-{best.number}")
     cfg.validate()
+    tracking.check_store()  # before the data is loaded
     prepared = prepare.prepare(cfg, merge_val_into_train=True)
     want = (study.user_attrs.get("galmorph_identity") or {}).get("dataset_digest")
     if want and prepared.data.digest() != want:

@@ -64,8 +64,9 @@ def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 0, m
             if attempt < 3 and any(s in _chain(exc) for s in _CREATE_RACE):
                 time.sleep(0.5 + random.random())
                 continue
-            reason = redact(text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
-            raise GalmorphError(f"cannot open the Optuna storage {redact(url)}: {reason}") from None
+            reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+            # redacted as one text: a driver's error may quote pieces of the URL's password
+            raise GalmorphError(redact(f"cannot open the Optuna storage {url}: {reason}")) from None
 
 
 def postgres_driver(url: str) -> str:

@@ -57,15 +57,16 @@ def tune(config: TuneConfig, *, pruner=None, sampler=None) -> dict:
     Returns the study summary: best_value, best_trial, best_params, best_run_id,
     parent_run_id, trial counts by state and the epoch accounting of pruning.
     """
-    import mlflow
-
     study_name, storage_url = config.resolved_study_name(), config.resolved_storage()
     base = config.train_config()
+    problem = tracking.validated(config.validate)  # raised inside the run: it ends FAILED, like train.run
     tracking.configure(config.experiment)
+    import mlflow  # after the settings are checked: importing it takes seconds
     tags = {"optuna_study": study_name, "optuna_storage": redact(storage_url), ROLE: "study",
             "model": config.base.model, "backend": config.base.backend, "dataset": config.base.dataset}
     with tracking.run(config.run_name or f"tune-{study_name}", tags=tags) as parent:
-        config.validate()  # inside the run: bad settings end it FAILED with the reason, like train.run
+        if problem is not None:
+            raise problem
         space = load_space(config.base.model, config.search_space)
         tracking.log_params({**flat(config),
                              "storage": redact(storage_url), "study_name": study_name,
