@@ -15,6 +15,7 @@ import numpy as np
 
 from galmorph.core.errors import GalmorphError
 from galmorph.core.io import atomic_path
+from galmorph.data import integrity
 
 ID_KEYS = ("id", "objid", "galaxy_id")
 
@@ -87,11 +88,17 @@ def read(path: Path) -> RawData:
     return RawData(images, labels, class_names, ids)
 
 
-def write(path: Path, images: np.ndarray, labels: np.ndarray, class_names=None, **extra) -> Path:
-    """Write a Galaxy10-format file atomically (temporary name in the same folder, then rename)."""
+def write(path: Path, images: np.ndarray, labels: np.ndarray, class_names=None, *, checksum: bool = False,
+          **extra) -> Path:
+    """Write a Galaxy10-format file atomically (temporary name in the same folder, then rename).
+
+    checksum: also record the file's SHA256 in its sidecar (galmorph.data.integrity), for
+    files galmorph owns and verifies on load.
+    """
     import h5py
 
     path = Path(path)
+    digest = None
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as fh:
             fh.create_dataset("images", data=images, chunks=(1,) + images.shape[1:])
@@ -100,6 +107,10 @@ def write(path: Path, images: np.ndarray, labels: np.ndarray, class_names=None, 
                 fh.attrs["class_names"] = list(class_names)
             for key, value in extra.items():
                 fh.create_dataset(key, data=value)
+        if checksum:
+            digest = integrity.sha256_file(tmp)
+    if digest is not None:
+        integrity.remember(path, digest)
     return path
 
 

@@ -9,6 +9,7 @@ a class scheme, and each kept image's row in the source file.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import numpy as np
 from galmorph.core.errors import GalmorphError
 from galmorph.core.paths import cache_dir
 from galmorph.data import download as dl
-from galmorph.data import hdf5, schemes, synthetic
+from galmorph.data import hdf5, integrity, schemes, synthetic
+from galmorph.data.nair2010.params import manifest_path
 
 GALAXY10_CLASSES = (
     "Disk, Face-on, No Spiral",
@@ -154,6 +156,7 @@ def resolve_path(dataset: str, *, download: bool = True, synthetic_n: int = 2000
         path = cache_dir() / record.filename
         if not path.is_file():
             raise GalmorphError(f"dataset {dataset} is not prepared yet ({path} is missing); {record.how_to_get}")
+        _check_prepared(path, record)
         return path, record
     path = Path(dataset).expanduser()
     if path.suffix.lower() in (".h5", ".hdf5") or path.exists() or "/" in dataset:
@@ -165,18 +168,48 @@ def resolve_path(dataset: str, *, download: bool = True, synthetic_n: int = 2000
     )
 
 
+def _check_prepared(path: Path, record: DatasetRecord) -> None:
+    """A prepared dataset must match the SHA256 its manifest recorded (hashed once per file version)."""
+    manifest = manifest_path(path)
+    try:
+        doc = json.loads(manifest.read_text())
+        sha256, size = str(doc["sha256"]), doc.get("size_bytes")
+    except (OSError, ValueError, KeyError, TypeError):
+        raise GalmorphError(
+            f"{path} cannot be verified: its manifest {manifest.name} is missing or unreadable; "
+            f"rebuild both: {record.how_to_get}"
+        ) from None
+    problem = integrity.check(path, sha256, size)
+    if problem is not None:
+        raise GalmorphError(
+            f"{path} does not match its manifest ({problem}): the file is damaged and is not used; "
+            f"rebuild it: {record.how_to_get} (cached inputs are reused)"
+        )
+
+
 def galaxy10_path(download: bool = True, progress: bool = True) -> Path:
-    """Galaxy10.h5: astroNN's cached copy if it verifies, else galmorph's cache, downloading if needed."""
+    """Galaxy10.h5: astroNN's cached copy if it verifies, else galmorph's cache, downloading if
+    needed. A copy that fails its SHA256 is never used: galmorph's own is downloaded again.
+    Each copy is hashed once per file version (galmorph.data.integrity); the stamp of
+    astroNN's copy is kept in galmorph's cache, not in astroNN's folder."""
 
     record = DATASETS["galaxy10"]
-    if ASTRONN_GALAXY10.is_file() and dl.verify(ASTRONN_GALAXY10, record.sha256, record.size_bytes):
+    astronn_sidecar = cache_dir() / ("astronn-" + record.filename + integrity.SUFFIX)
+    if ASTRONN_GALAXY10.is_file() and integrity.check(ASTRONN_GALAXY10, record.sha256, record.size_bytes,
+                                                      sidecar=astronn_sidecar) is None:
         return ASTRONN_GALAXY10
     dest = cache_dir() / record.filename
+    problem = integrity.check(dest, record.sha256, record.size_bytes) if dest.is_file() else None
+    if dest.is_file() and problem is None:
+        return dest
     if not download:
-        if dest.is_file() and dl.verify(dest, record.sha256, record.size_bytes):
-            return dest
+        if problem is not None:
+            raise GalmorphError(f"the downloaded {dest} is damaged ({problem}) and is not used; "
+                                f"download it again: {record.how_to_get}")
         raise GalmorphError(f"Galaxy10 is not downloaded yet; {record.how_to_get}")
-    return dl.fetch(record.urls, dest, record.sha256, size=record.size_bytes, progress=progress)
+    path = dl.fetch(record.urls, dest, record.sha256, size=record.size_bytes, progress=progress)
+    integrity.remember(path, record.sha256)  # fetch verified it in full
+    return path
 
 
 def load(dataset: str, scheme: str = "default", *, schemes_file: str | None = None, **resolve_kwargs) -> Dataset:
