@@ -217,23 +217,29 @@ def load(dataset: str, scheme: str = "default", *, schemes_file: str | None = No
 
     path, record = resolve_path(dataset, **resolve_kwargs)
     raw = hdf5.read(path)
+    native_labels = raw.labels  # 0..len(native)-1
+    label_values = None  # the file's label of each native class, where they are not 0..K-1 by declaration
     if record is not None:
         key = record.name
         native = record.class_names
         if raw.class_names is not None and len(raw.class_names) != len(native):
             raise GalmorphError(
-                f"{path} has {len(raw.class_names)} classes but dataset {key} has {len(native)}; delete the file and fetch it again"
+                f"{path} has {len(raw.class_names)} classes but dataset {key} has {len(native)}; {hdf5.remedy(path)}"
             )
-    else:
+    elif raw.class_names is not None:
+        key, native = path.stem, raw.class_names
+    else:  # no class_names: the classes are the distinct labels present, class_<label> in label order
         key = path.stem
-        n_native = int(raw.labels.max()) + 1
-        native = raw.class_names or tuple(f"class_{i}" for i in range(n_native))
-    if raw.labels.max() >= len(native):
+        label_values, native_labels = hdf5.infer_classes(raw.labels, path)
+        native = tuple(f"class_{v}" for v in label_values.tolist())
+    if native_labels.max() >= len(native):
+        bad = np.unique(native_labels[native_labels >= len(native)])
         raise GalmorphError(
-            f"{path}: label {raw.labels.max()} is outside the {len(native)} classes of {key}; fix the labels"
+            f"{path}: label(s) {', '.join(map(str, bad[:5].tolist()))} are outside the {len(native)} classes "
+            f"(0..{len(native) - 1}) of {key}; fix the labels"
         )
-    sch = schemes.get(key, scheme, native, schemes_file=schemes_file)
-    keep, labels = sch.apply(raw.labels)
+    sch = schemes.get(key, scheme, native, schemes_file=schemes_file, label_values=label_values)
+    keep, labels = sch.apply(native_labels)
     if not keep.any():
         raise GalmorphError(f"scheme {sch.name} keeps no image of {key}; choose another scheme")
     rows = np.flatnonzero(keep).astype(np.int64)

@@ -103,7 +103,8 @@ def stratified(labels: np.ndarray, *, val_fraction: float = 0.15, test_fraction:
 def stratified_subset(labels: np.ndarray, max_images: int, seed: int = 0) -> np.ndarray:
     """Sorted positions of a class-proportional subset of at most `max_images` images.
 
-    Every class keeps at least 3 images where it has them (so it can still be split).
+    Every class keeps at least 3 images where it has them (so it can still be split); a
+    `max_images` below that sum is an error stating the minimum, never a larger subset.
     """
     labels = np.asarray(labels)
     if max_images < 1:
@@ -114,6 +115,11 @@ def stratified_subset(labels: np.ndarray, max_images: int, seed: int = 0) -> np.
     classes, counts = np.unique(labels, return_counts=True)
     exact = counts * max_images / labels.size
     floor = np.minimum(counts, 3)
+    if max_images < floor.sum():
+        raise GalmorphError(
+            f"max_images {max_images} is below the {floor.sum()} images a stratified split of {classes.size} classes "
+            f"needs (3 per class); use at least {floor.sum()} or 0 for all"
+        )
     quota = np.maximum(floor, np.floor(exact)).astype(int)
     # rounding and the 3-image floor rarely hit the budget exactly: take the excess from the
     # classes furthest above their share, hand any shortfall to the largest remainders

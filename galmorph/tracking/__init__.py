@@ -2,6 +2,7 @@
 
 from galmorph.tracking.runs import (
                                     artifact_dir,
+                                    check_experiment,
                                     configure,
                                     install_sigterm_handler,
                                     log_params,
@@ -10,4 +11,4 @@ from galmorph.tracking.runs import (
                                     run,
 )
 
-__all__ = ["artifact_dir", "configure", "install_sigterm_handler", "log_params", "redact", "require_finite", "run"]
+__all__ = ["artifact_dir", "check_experiment", "configure", "install_sigterm_handler", "log_params", "redact", "require_finite", "run"]
