@@ -6,6 +6,9 @@ only when its stamp differs from the recorded one, so a file is hashed once per 
 a file rewritten, truncated or corrupted in place gets a new mtime/ctime and is hashed
 again (a size change is caught without reading it). ctime is in the stamp because no tool
 can set it back, so a damaged file whose mtime was restored (`cp -p`, rsync) is still hashed.
+Like git's index, a stamp cannot see a change made within the same tick of the file system's
+clock (1-10 ms on Linux) as the check that recorded it, nor damage that leaves every
+timestamp alone (bit rot under the file system): that is the price of not hashing each load.
 
 Sidecars are a cache of work done, never the authority on their own: a file whose expected
 checksum comes from elsewhere (the Galaxy10 record, the nair2010 manifest) is checked

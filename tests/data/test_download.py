@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import next_timestamp
 
 from galmorph.core.errors import GalmorphError
 from galmorph.data import download, http
@@ -501,6 +502,7 @@ def test_galaxy10_is_verified_once_per_file_version(galaxy10):
 def test_damaged_galaxy10_is_never_used(galaxy10):
     registry, dest = galaxy10["registry"], galaxy10["dest"]
     registry.galaxy10_path(progress=False)
+    next_timestamp(dest)
     with open(dest, "r+b") as fh:  # one byte in the middle, in place (same size)
         fh.seek(SIZE // 2)
         byte = fh.read(1)[0]

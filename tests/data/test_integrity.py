@@ -6,6 +6,7 @@ import os
 import h5py
 import numpy as np
 import pytest
+from conftest import next_timestamp
 
 from galmorph.data import integrity, registry, synthetic
 
@@ -31,6 +32,7 @@ def _flip_image_byte(path, image: int) -> None:
     with h5py.File(path, "r") as fh:
         chunk = fh["images"].id.get_chunk_info(image)  # one image per chunk, uncompressed
     offset = chunk.byte_offset + chunk.size // 2
+    next_timestamp(path)
     with open(path, "r+b") as f:
         f.seek(offset)
         byte = f.read(1)[0]
@@ -121,6 +123,7 @@ def test_check_against_an_external_checksum(tmp_path, hashes):
     assert "size 3,000 bytes, expected 3,001" in integrity.check(f, good, 3001)
     assert "differs from the recorded" in integrity.check(f, "0" * 64)  # the sidecar's stamp is for another checksum
     assert len(hashes) == 2
+    next_timestamp(f)
     f.write_bytes(b"abd" * 1000)
     assert "differs" in integrity.check(f, good)
     assert integrity.check(tmp_path / "nope", good) == "file missing"

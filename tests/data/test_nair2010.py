@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, urlparse
 import h5py
 import numpy as np
 import pytest
+from conftest import next_timestamp
 
 from galmorph.core.errors import GalmorphError
 from galmorph.data import http, nair2010
@@ -513,6 +514,7 @@ def test_loading_verifies_the_file_against_its_manifest(server, tmp_path, monkey
 
     with h5py.File(out, "r") as f:
         chunk = f["images"].id.get_chunk_info(0)
+    next_timestamp(out)
     with open(out, "r+b") as fh:  # one byte of pixel data, in place: h5py would read it silently
         fh.seek(chunk.byte_offset + chunk.size // 2)
         byte = fh.read(1)[0]
