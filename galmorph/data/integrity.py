@@ -90,12 +90,12 @@ def check(path: Path, sha256: str | None = None, size: int | None = None, *, sid
     except FileNotFoundError:
         return "file missing"
     if size is not None and before[0] != size:
-        return f"size {before[0]:,} bytes, expected {size:,} (truncated or overwritten)"
+        return f"size {before[0]:,} bytes, expected {size:,}: truncated or overwritten"
     if doc.get("sha256") == expected and doc.get("verified") == before:
         return None
     actual = sha256_file(path)
     if actual != expected:
-        return f"SHA256 {actual[:12]}... differs from the recorded {expected[:12]}... (the file changed on disk)"
+        return f"SHA256 {actual[:12]}... differs from the recorded {expected[:12]}...: changed on disk"
     if _stamp(path) == before:  # unchanged while it was read: this version is the verified one
         _save(sidecar, path.name, expected, before)
     return None

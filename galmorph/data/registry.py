@@ -176,14 +176,14 @@ def _check_prepared(path: Path, record: DatasetRecord) -> None:
         sha256, size = str(doc["sha256"]), doc.get("size_bytes")
     except (OSError, ValueError, KeyError, TypeError):
         raise GalmorphError(
-            f"{path} cannot be verified: its manifest {manifest.name} is missing or unreadable; "
-            f"rebuild both: {record.how_to_get}"
+            f"{path} cannot be verified: its manifest {manifest.name} is missing or unreadable, so the file is not "
+            f"used; rebuild both with `galmorph data prepare {record.name}` (it reuses the cached catalogue and cutouts)"
         ) from None
     problem = integrity.check(path, sha256, size)
     if problem is not None:
         raise GalmorphError(
-            f"{path} does not match its manifest ({problem}): the file is damaged and is not used; "
-            f"rebuild it: {record.how_to_get} (cached inputs are reused)"
+            f"{path} does not match its manifest ({problem}), so it is damaged and not used; rebuild it with "
+            f"`galmorph data prepare {record.name}` (it reuses the cached catalogue and cutouts)"
         )
 
 

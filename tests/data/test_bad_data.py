@@ -280,6 +280,10 @@ def _cli_cases(tmp_path):
     _corrupt_chunk(gz)
     short = _h5(tmp_path / "short.h5", np.arange(6) % 3)
     _replace("ans", np.zeros(5, np.uint8))(short)
+    rgba = _h5(tmp_path / "rgba.h5", np.arange(6) % 3)
+    _replace("images", np.ones((6, 16, 16, 4), np.uint8))(rgba)
+    grey = _h5(tmp_path / "grey.h5", np.arange(6) % 3)
+    _replace("images", np.ones((6, 16, 16), np.uint8))(grey)
     entry = tmp_path / "entry.yaml"
     entry.write_text("good: [pair]\n")
     toplist = tmp_path / "toplist.yaml"
@@ -300,6 +304,8 @@ def _cli_cases(tmp_path):
         "float-label": (["--dataset", str(floats)], "non-integer labels 2.5", True),
         "damaged-hdf5": (["--dataset", str(gz)], "dataset `images` cannot be read", True),
         "ans-length": (["--dataset", str(short)], "`ans` has shape (5,) but there are 6 images", True),
+        "images-rgba": (["--dataset", str(rgba)], "`images` has shape (6, 16, 16, 4); expected (N, H, W, 3)", True),
+        "images-3d": (["--dataset", str(grey)], "`images` has shape (6, 16, 16); expected (N, H, W, 3)", True),
         "split-leak": (["--dataset", str(good), "--split-file", str(split_file)], "are in both train and val", True),
         "max-images": (["--dataset", str(good), "--max-images", "5"],
                        "max_images 5 is below the 12 images a stratified split of 4 classes needs", True),
@@ -310,6 +316,7 @@ def test_every_bad_input_is_one_line_through_the_cli(tmp_path, tracking_uri, cap
     import mlflow
 
     client = mlflow.MlflowClient()
+    framework_before = "torch" in sys.modules
     for name, (argv, message, started) in _cli_cases(tmp_path).items():
         experiment = f"bad-{name}"
         full = ["train", "--backend", "torch", "--synthetic-n", "40", "--experiment", experiment, *argv]
@@ -327,6 +334,7 @@ def test_every_bad_input_is_one_line_through_the_cli(tmp_path, tracking_uri, cap
             assert "train_loss" not in run.data.metrics
         else:
             assert runs == [], name
+    assert framework_before or "torch" not in sys.modules  # every error came before the backend's import
 
 
 @pytest.mark.parametrize("case", ["seed", "experiment", "damaged-hdf5", "split-leak"])

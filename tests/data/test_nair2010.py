@@ -523,8 +523,9 @@ def test_loading_verifies_the_file_against_its_manifest(server, tmp_path, monkey
     with pytest.raises(GalmorphError) as err:
         registry.load("nair2010", "native")
     message = str(err.value)
-    assert "\n" not in message and "does not match its manifest (SHA256" in message
-    assert "is not used" in message and "galmorph data prepare nair2010" in message
+    assert "\n" not in message and message.startswith(f"{out} does not match its manifest (SHA256 ")
+    assert message.endswith("...: changed on disk), so it is damaged and not used; rebuild it with "
+                            "`galmorph data prepare nair2010` (it reuses the cached catalogue and cutouts)")
 
     requests_before = sum(server.state.requests.values())
     _prepare(server, tmp_path, out=out, limit=6)  # the rebuild the message asks for, from cached cutouts
@@ -533,7 +534,7 @@ def test_loading_verifies_the_file_against_its_manifest(server, tmp_path, monkey
 
     with open(out, "r+b") as fh:
         fh.truncate(out.stat().st_size - 100)
-    with pytest.raises(GalmorphError, match=r"expected [\d,]+ \(truncated or overwritten\)"):
+    with pytest.raises(GalmorphError, match=r"expected [\d,]+: truncated or overwritten\), so it is damaged"):
         registry.load("nair2010", "native")
     nair2010.manifest_path(out).unlink()
     with pytest.raises(GalmorphError, match="its manifest nair2010.manifest.json is missing"):
