@@ -20,6 +20,7 @@ from galmorph import backends
 from galmorph.core import acceleration, specs, training
 from galmorph.core.errors import GalmorphError
 from galmorph.data import augment, bands, splits
+from galmorph.tracking import check_experiment
 
 TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
@@ -127,7 +128,7 @@ class TrainConfig:
     learning_rate: float = option(2e-4, "optimiser learning rate (the paper: Adam 2e-4 for C2)")
     patience: int = option(5, "early stopping: epochs without a lower validation loss before stopping (0 = never stop early); the best weights are restored")
     seed: int = option(0, "seed of the split, the augmentation order and the weights")
-    max_images: int = option(0, "use a stratified subset of at most this many images (0 = all)")
+    max_images: int = option(0, "use a stratified subset of at most this many images (0 = all); each class keeps at least 3 images, so fewer than 3 per class (12 for 4 classes) is an error")
     val_fraction: float = option(0.15, "fraction of galaxies in the validation split")
     test_fraction: float = option(0.15, "fraction of galaxies in the test split")
     crop_fraction: float = option(100 / 110, "side of the crops relative to the image (the paper: 100 of 110 px)")
@@ -195,7 +196,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "synthetic_n", "devices"):
             if getattr(self, name) < 1:
                 raise GalmorphError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("patience", "max_images", "threads", "dense_units", "loader_workers", "prefetch"):
+        for name in ("seed", "patience", "max_images", "threads", "dense_units", "loader_workers", "prefetch"):
             if getattr(self, name) < 0:
                 raise GalmorphError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if not self.learning_rate > 0:
@@ -214,6 +215,7 @@ class TrainConfig:
             raise GalmorphError(f"batch_size {self.batch_size} (the global batch) must be a multiple of devices {self.devices}")
         augment.crop_size(69, self.crop_fraction)
         splits.check_fractions(self.val_fraction, self.test_fraction)
+        check_experiment(self.experiment)
         return self
 
 

@@ -108,6 +108,26 @@ def make_h5(path: Path, n: int = 60, size: int = 32, n_classes: int = 3, seed: i
     return hdf5.write(path, images, labels.astype(np.uint8), names, **extra)
 
 
+def next_timestamp(path: Path) -> None:
+    """Wait until a file written now gets a later timestamp than `path`'s last change.
+
+    File timestamps come from a coarse clock (1-10 ms on Linux), so a change made in the same
+    tick as a check is invisible to any (size, mtime, ctime) stamp, as with git's index; tests
+    that damage a file right after galmorph verified it wait for the next tick first.
+    """
+    st = os.stat(path)
+    last = max(st.st_mtime_ns, st.st_ctime_ns)
+    probe = Path(path).with_name(".next-timestamp-probe")
+    try:
+        for _ in range(10_000):
+            probe.write_bytes(b"")
+            if probe.stat().st_mtime_ns > last:
+                return
+        raise RuntimeError(f"the file system clock did not move past {last} ns")
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 @pytest.fixture
 def small_h5(tmp_path):
     return make_h5(tmp_path / "small.h5")

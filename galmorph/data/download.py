@@ -26,7 +26,6 @@ Imports are light: requests and tqdm only.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -37,6 +36,7 @@ from tqdm import tqdm
 
 from galmorph.core.errors import GalmorphError
 from galmorph.data import http
+from galmorph.data.integrity import sha256_file
 
 __all__ = ["fetch", "sha256_file", "verify"]
 
@@ -45,15 +45,6 @@ _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Return the hex SHA256 of the file at `path`, read `chunk_size` bytes at a time."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _problem(path: Path, sha256: str, size: int | None) -> str | None:

@@ -15,8 +15,11 @@ import numpy as np
 
 from galmorph.core.errors import GalmorphError
 from galmorph.core.io import atomic_path
+from galmorph.core.paths import cache_dir
+from galmorph.data import integrity
 
 ID_KEYS = ("id", "objid", "galaxy_id")
+MAX_CLASSES = 1000  # more distinct labels than this are ids or measurements, not classes
 
 
 @dataclass
@@ -30,7 +33,10 @@ class RawData:
 
 
 def read(path: Path) -> RawData:
-    """Load and check a Galaxy10-format file. Images are read into memory (uint8)."""
+    """Load and check a Galaxy10-format file. Images are read into memory (uint8).
+
+    Every problem, a damaged file included, is a one-line GalmorphError naming the file.
+    """
     import h5py
 
     path = Path(path)
@@ -40,58 +46,122 @@ def read(path: Path) -> RawData:
         fh = h5py.File(path, "r")
     except OSError as exc:
         raise GalmorphError(
-            f"{path} is not a readable HDF5 file ({_first_line(exc)}); delete it and download or prepare it again"
+            f"{path} is not a readable HDF5 file ({_first_line(exc)}): it is truncated, damaged or not HDF5 at all; "
+            f"{remedy(path)}"
         ) from None
     with fh:
-        missing = [k for k in ("images", "ans") if k not in fh]
-        if missing:
-            raise GalmorphError(
-                f"{path} lacks the dataset(s) {', '.join(missing)} (has: {', '.join(sorted(fh.keys())) or 'none'}); "
-                "a Galaxy10-format file needs `images` (N,H,W,3) uint8 and `ans` (N,) labels"
-            )
-        img_ds, ans_ds = fh["images"], fh["ans"]
-        if img_ds.ndim != 4 or img_ds.shape[-1] != 3:
-            raise GalmorphError(
-                f"{path}: `images` has shape {img_ds.shape}; expected (N, H, W, 3) colour images in NHWC order"
-            )
-        if img_ds.dtype != np.uint8:
-            raise GalmorphError(
-                f"{path}: `images` has dtype {img_ds.dtype}; expected uint8 (0-255) as in Galaxy10: "
-                "convert with np.clip(x, 0, 255).astype('uint8')"
-            )
-        if img_ds.shape[1] != img_ds.shape[2]:
-            raise GalmorphError(f"{path}: images are {img_ds.shape[1]}x{img_ds.shape[2]}; galmorph needs square cutouts")
-        if ans_ds.ndim != 1 or ans_ds.shape[0] != img_ds.shape[0]:
-            raise GalmorphError(
-                f"{path}: `ans` has shape {ans_ds.shape} but there are {img_ds.shape[0]} images; "
-                "expected one integer label per image"
-            )
-        if img_ds.shape[0] == 0:
-            raise GalmorphError(f"{path} holds no images; prepare or download it again")
-        labels = _check_labels(np.asarray(ans_ds[()]), path)
-        images = np.empty(img_ds.shape, dtype=np.uint8)
-        img_ds.read_direct(images)
-        names = fh.attrs.get("class_names")
-        class_names = tuple(_to_str(n) for n in names) if names is not None else None
+        img_ds, ans_ds = _dataset(fh, "images", path), _dataset(fh, "ans", path)
+        _check_shapes(img_ds, ans_ds, path)
+        labels = _check_labels(_read(ans_ds, path), path)
+        images = _read(img_ds, path)
+        class_names = _class_names(fh, path)
         ids = None
         for key in ID_KEYS:
-            if key in fh and fh[key].shape == (images.shape[0],):
-                ids = np.asarray(fh[key][()])
+            if key in fh and isinstance(fh[key], h5py.Dataset) and fh[key].shape == (images.shape[0],):
+                ids = _read(fh[key], path)
                 break
     _check_images(images, path)
     if class_names is not None and labels.max() >= len(class_names):
+        bad = np.unique(labels[labels >= len(class_names)])
         raise GalmorphError(
-            f"{path}: label {labels.max()} is outside the file's {len(class_names)} class_names; "
+            f"{path}: label(s) {_some(bad)} are outside the file's {len(class_names)} class_names; "
             "fix the labels or the class_names attribute"
         )
     return RawData(images, labels, class_names, ids)
 
 
-def write(path: Path, images: np.ndarray, labels: np.ndarray, class_names=None, **extra) -> Path:
-    """Write a Galaxy10-format file atomically (temporary name in the same folder, then rename)."""
+def remedy(path: Path) -> str:
+    """What to do about a bad dataset file: galmorph's own caches may be deleted (they are made
+    again); a user's file is the user's to fix, never to delete on galmorph's say-so."""
+    try:
+        ours = Path(path).resolve().is_relative_to(cache_dir().resolve())
+    except OSError:
+        ours = False
+    if ours:
+        return f"it is in galmorph's cache ({cache_dir()}): delete it and galmorph downloads or builds it again"
+    return "check that the path names the file you meant and that it was written or copied completely"
+
+
+def _dataset(fh, name: str, path):
+    """The HDF5 dataset `name` of an open file, or a one-line error."""
+    import h5py
+
+    try:
+        ds = fh[name] if name in fh else None
+    except (KeyError, OSError) as exc:  # a dangling link, a damaged object header
+        raise GalmorphError(f"{path}: `{name}` cannot be opened ({_first_line(exc)}); {remedy(path)}") from None
+    if not isinstance(ds, h5py.Dataset):
+        what = f"lacks the dataset `{name}`" if ds is None else f"has a group `{name}` where a dataset belongs"
+        raise GalmorphError(
+            f"{path} {what} (has: {', '.join(sorted(fh.keys())) or 'nothing'}); "
+            "a Galaxy10-format file needs datasets `images` (N,H,W,3) uint8 and `ans` (N,) labels"
+        )
+    return ds
+
+
+def _check_shapes(img_ds, ans_ds, path) -> None:
+    if img_ds.ndim != 4 or img_ds.shape[-1] != 3:
+        raise GalmorphError(
+            f"{path}: `images` has shape {img_ds.shape}; expected (N, H, W, 3) colour images in NHWC order"
+        )
+    if img_ds.dtype != np.uint8:
+        raise GalmorphError(
+            f"{path}: `images` has dtype {img_ds.dtype}; expected uint8 (0-255) as in Galaxy10: "
+            "convert with np.clip(x, 0, 255).astype('uint8')"
+        )
+    if img_ds.shape[1] != img_ds.shape[2]:
+        raise GalmorphError(f"{path}: images are {img_ds.shape[1]}x{img_ds.shape[2]}; galmorph needs square cutouts")
+    if ans_ds.ndim != 1 or ans_ds.shape[0] != img_ds.shape[0]:
+        raise GalmorphError(
+            f"{path}: `ans` has shape {ans_ds.shape} but there are {img_ds.shape[0]} images; "
+            "expected one integer label per image"
+        )
+    if img_ds.shape[0] == 0:
+        raise GalmorphError(f"{path} holds no images; give a file with at least one labelled image")
+
+
+def _read(ds, path) -> np.ndarray:
+    """A whole dataset into memory; a damaged one (bad chunk, missing filter) is a one-line error."""
+    try:
+        return np.asarray(ds[()])
+    except (OSError, ValueError, TypeError, RuntimeError) as exc:
+        raise GalmorphError(
+            f"{path}: dataset `{ds.name.lstrip('/')}` cannot be read ({_first_line(exc)}): the file is damaged "
+            f"or uses an HDF5 filter that is not installed; {remedy(path)}"
+        ) from None
+
+
+def _class_names(fh, path) -> tuple[str, ...] | None:
+    """The optional `class_names` attribute: a list of distinct, non-empty names."""
+    try:
+        names = fh.attrs.get("class_names")
+    except (OSError, TypeError, ValueError) as exc:
+        raise GalmorphError(f"{path}: attribute class_names cannot be read ({_first_line(exc)}); {remedy(path)}") from None
+    if names is None:
+        return None
+    names = np.asarray(names)
+    if names.ndim != 1 or names.dtype.kind not in "USO" or names.size > MAX_CLASSES:
+        raise GalmorphError(
+            f"{path}: attribute class_names is {names.dtype} of shape {names.shape}; "
+            f"expected a list of at most {MAX_CLASSES} class names (strings)"
+        )
+    out = tuple(_to_str(n) for n in names)
+    if len(set(out)) != len(out) or not all(n.strip() for n in out):
+        raise GalmorphError(f"{path}: class_names {list(out)} has an empty or repeated name; give each class its own name")
+    return out
+
+
+def write(path: Path, images: np.ndarray, labels: np.ndarray, class_names=None, *, checksum: bool = False,
+          **extra) -> Path:
+    """Write a Galaxy10-format file atomically (temporary name in the same folder, then rename).
+
+    checksum: also record the file's SHA256 in its sidecar (galmorph.data.integrity), for
+    files galmorph owns and verifies on load.
+    """
     import h5py
 
     path = Path(path)
+    digest = None
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as fh:
             fh.create_dataset("images", data=images, chunks=(1,) + images.shape[1:])
@@ -100,22 +170,49 @@ def write(path: Path, images: np.ndarray, labels: np.ndarray, class_names=None, 
                 fh.attrs["class_names"] = list(class_names)
             for key, value in extra.items():
                 fh.create_dataset(key, data=value)
+        if checksum:
+            digest = integrity.sha256_file(tmp)
+    if digest is not None:
+        integrity.remember(path, digest)
     return path
 
 
 def _check_labels(labels: np.ndarray, path) -> np.ndarray:
+    """int64 labels, or a one-line error naming the offending values: labels must be whole,
+    finite, non-negative numbers (whole floats are accepted, as some writers store them)."""
     if labels.dtype.kind == "f":
-        if np.isnan(labels).any():
-            bad = int(np.flatnonzero(np.isnan(labels))[0])
-            raise GalmorphError(f"{path}: label of image {bad} is NaN; every image needs an integer class label")
-        if not np.all(labels == np.round(labels)):
-            raise GalmorphError(f"{path}: labels are not whole numbers; `ans` must hold integer class indices")
+        nan = np.isnan(labels)
+        if nan.any():
+            raise GalmorphError(f"{path}: label of image {int(np.flatnonzero(nan)[0])} is NaN; "
+                                "every image needs an integer class label")
+        bad = ~np.isfinite(labels) | (labels != np.round(labels)) | (np.abs(labels) > 2**53)
+        if bad.any():
+            raise GalmorphError(
+                f"{path}: `ans` holds non-integer labels {_some(np.unique(labels[bad]))} (first at image "
+                f"{int(np.flatnonzero(bad)[0])}); class labels must be whole numbers 0, 1, 2, ..."
+            )
     elif labels.dtype.kind not in "iu":
-        raise GalmorphError(f"{path}: `ans` has dtype {labels.dtype}; expected integer class indices")
-    labels = labels.astype(np.int64)
+        raise GalmorphError(f"{path}: `ans` has dtype {labels.dtype}; expected integer class labels")
+    elif labels.dtype.kind == "u" and labels.max() > np.iinfo(np.int64).max:
+        raise GalmorphError(f"{path}: `ans` holds label {labels.max()}, too large for a class label; "
+                            "class labels are small whole numbers 0, 1, 2, ...")
     if labels.min() < 0:
-        raise GalmorphError(f"{path}: negative label {labels.min()}; class indices start at 0")
-    return labels
+        raise GalmorphError(f"{path}: `ans` holds negative labels {_some(np.unique(labels[labels < 0]))}; "
+                            "class labels are whole numbers from 0")
+    return labels.astype(np.int64)
+
+
+def infer_classes(labels: np.ndarray, path) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct labels in increasing order, each image's index among them) for a file
+    without class_names: the classes are the labels present, so the class count never grows
+    with the size of a label value. More than MAX_CLASSES distinct labels is an error."""
+    values, index = np.unique(labels, return_inverse=True)
+    if values.size > MAX_CLASSES:
+        raise GalmorphError(
+            f"{path}: `ans` holds {values.size} distinct labels ({_some(values)}), more than the {MAX_CLASSES} "
+            "classes galmorph accepts; `ans` must hold class labels, not ids or measurements"
+        )
+    return values, index.astype(np.int64).reshape(labels.shape)
 
 
 def _check_images(images: np.ndarray, path) -> None:
@@ -132,6 +229,13 @@ def _check_images(images: np.ndarray, path) -> None:
 
 def _to_str(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _some(values, limit: int = 5) -> str:
+    """`1, 2, 5000` or `1, 2, 3, 4, 5 and 7 more`: offending values, briefly."""
+    values = [v.item() if hasattr(v, "item") else v for v in np.asarray(values).ravel()]
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
 
 
 def _first_line(exc) -> str:

@@ -9,6 +9,7 @@ a class scheme, and each kept image's row in the source file.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import numpy as np
 from galmorph.core.errors import GalmorphError
 from galmorph.core.paths import cache_dir
 from galmorph.data import download as dl
-from galmorph.data import hdf5, schemes, synthetic
+from galmorph.data import hdf5, integrity, schemes, synthetic
+from galmorph.data.nair2010.params import manifest_path
 
 GALAXY10_CLASSES = (
     "Disk, Face-on, No Spiral",
@@ -154,6 +156,7 @@ def resolve_path(dataset: str, *, download: bool = True, synthetic_n: int = 2000
         path = cache_dir() / record.filename
         if not path.is_file():
             raise GalmorphError(f"dataset {dataset} is not prepared yet ({path} is missing); {record.how_to_get}")
+        _check_prepared(path, record)
         return path, record
     path = Path(dataset).expanduser()
     if path.suffix.lower() in (".h5", ".hdf5") or path.exists() or "/" in dataset:
@@ -165,18 +168,48 @@ def resolve_path(dataset: str, *, download: bool = True, synthetic_n: int = 2000
     )
 
 
+def _check_prepared(path: Path, record: DatasetRecord) -> None:
+    """A prepared dataset must match the SHA256 its manifest recorded (hashed once per file version)."""
+    manifest = manifest_path(path)
+    try:
+        doc = json.loads(manifest.read_text())
+        sha256, size = str(doc["sha256"]), doc.get("size_bytes")
+    except (OSError, ValueError, KeyError, TypeError):
+        raise GalmorphError(
+            f"{path} cannot be verified: its manifest {manifest.name} is missing or unreadable, so the file is not "
+            f"used; rebuild both with `galmorph data prepare {record.name}` (it reuses the cached catalogue and cutouts)"
+        ) from None
+    problem = integrity.check(path, sha256, size)
+    if problem is not None:
+        raise GalmorphError(
+            f"{path} does not match its manifest ({problem}), so it is damaged and not used; rebuild it with "
+            f"`galmorph data prepare {record.name}` (it reuses the cached catalogue and cutouts)"
+        )
+
+
 def galaxy10_path(download: bool = True, progress: bool = True) -> Path:
-    """Galaxy10.h5: astroNN's cached copy if it verifies, else galmorph's cache, downloading if needed."""
+    """Galaxy10.h5: astroNN's cached copy if it verifies, else galmorph's cache, downloading if
+    needed. A copy that fails its SHA256 is never used: galmorph's own is downloaded again.
+    Each copy is hashed once per file version (galmorph.data.integrity); the stamp of
+    astroNN's copy is kept in galmorph's cache, not in astroNN's folder."""
 
     record = DATASETS["galaxy10"]
-    if ASTRONN_GALAXY10.is_file() and dl.verify(ASTRONN_GALAXY10, record.sha256, record.size_bytes):
+    astronn_sidecar = cache_dir() / ("astronn-" + record.filename + integrity.SUFFIX)
+    if ASTRONN_GALAXY10.is_file() and integrity.check(ASTRONN_GALAXY10, record.sha256, record.size_bytes,
+                                                      sidecar=astronn_sidecar) is None:
         return ASTRONN_GALAXY10
     dest = cache_dir() / record.filename
+    problem = integrity.check(dest, record.sha256, record.size_bytes) if dest.is_file() else None
+    if dest.is_file() and problem is None:
+        return dest
     if not download:
-        if dest.is_file() and dl.verify(dest, record.sha256, record.size_bytes):
-            return dest
+        if problem is not None:
+            raise GalmorphError(f"the downloaded {dest} is damaged ({problem}) and is not used; "
+                                f"download it again: {record.how_to_get}")
         raise GalmorphError(f"Galaxy10 is not downloaded yet; {record.how_to_get}")
-    return dl.fetch(record.urls, dest, record.sha256, size=record.size_bytes, progress=progress)
+    path = dl.fetch(record.urls, dest, record.sha256, size=record.size_bytes, progress=progress)
+    integrity.remember(path, record.sha256)  # fetch verified it in full
+    return path
 
 
 def load(dataset: str, scheme: str = "default", *, schemes_file: str | None = None, **resolve_kwargs) -> Dataset:
@@ -184,23 +217,29 @@ def load(dataset: str, scheme: str = "default", *, schemes_file: str | None = No
 
     path, record = resolve_path(dataset, **resolve_kwargs)
     raw = hdf5.read(path)
+    native_labels = raw.labels  # 0..len(native)-1
+    label_values = None  # the file's label of each native class, where they are not 0..K-1 by declaration
     if record is not None:
         key = record.name
         native = record.class_names
         if raw.class_names is not None and len(raw.class_names) != len(native):
             raise GalmorphError(
-                f"{path} has {len(raw.class_names)} classes but dataset {key} has {len(native)}; delete the file and fetch it again"
+                f"{path} has {len(raw.class_names)} classes but dataset {key} has {len(native)}; {hdf5.remedy(path)}"
             )
-    else:
+    elif raw.class_names is not None:
+        key, native = path.stem, raw.class_names
+    else:  # no class_names: the classes are the distinct labels present, class_<label> in label order
         key = path.stem
-        n_native = int(raw.labels.max()) + 1
-        native = raw.class_names or tuple(f"class_{i}" for i in range(n_native))
-    if raw.labels.max() >= len(native):
+        label_values, native_labels = hdf5.infer_classes(raw.labels, path)
+        native = tuple(f"class_{v}" for v in label_values.tolist())
+    if native_labels.max() >= len(native):
+        bad = np.unique(native_labels[native_labels >= len(native)])
         raise GalmorphError(
-            f"{path}: label {raw.labels.max()} is outside the {len(native)} classes of {key}; fix the labels"
+            f"{path}: label(s) {', '.join(map(str, bad[:5].tolist()))} are outside the {len(native)} classes "
+            f"(0..{len(native) - 1}) of {key}; fix the labels"
         )
-    sch = schemes.get(key, scheme, native, schemes_file=schemes_file)
-    keep, labels = sch.apply(raw.labels)
+    sch = schemes.get(key, scheme, native, schemes_file=schemes_file, label_values=label_values)
+    keep, labels = sch.apply(native_labels)
     if not keep.any():
         raise GalmorphError(f"scheme {sch.name} keeps no image of {key}; choose another scheme")
     rows = np.flatnonzero(keep).astype(np.int64)

@@ -41,8 +41,9 @@ class Scheme:
 
 
 def catalogue(schemes_file: str | None = None) -> dict:
-    """All scheme definitions: experiments/schemes.yaml updated by the user's file(s)."""
-    data = {k: dict(v) for k, v in load_yaml("schemes.yaml").items()}
+    """All scheme definitions: experiments/schemes.yaml updated by the user's file(s), each
+    checked for the layout of experiments/schemes.yaml (one-line errors naming the entry)."""
+    data = {k: dict(v) for k, v in _checked(load_yaml("schemes.yaml"), "experiments/schemes.yaml").items()}
     extra = schemes_file or os.environ.get("GALMORPH_SCHEMES")
     if extra:
         import yaml
@@ -54,14 +55,46 @@ def catalogue(schemes_file: str | None = None) -> dict:
             raise GalmorphError(f"cannot read schemes file {extra} ({exc.strerror}); check the path") from None
         except yaml.YAMLError as exc:
             raise GalmorphError(f"schemes file {extra} is not valid YAML ({str(exc).splitlines()[0]}); fix its syntax") from None
-        if not isinstance(user, dict):
-            raise GalmorphError(f"schemes file {extra} must map dataset keys to schemes (see experiments/schemes.yaml)")
-        for key, entry in user.items():
+        for key, entry in _checked(user, f"schemes file {extra}").items():
             base = data.setdefault(key, {"schemes": {}})
             base["schemes"] = {**base.get("schemes", {}), **(entry.get("schemes") or {})}
             if "default" in entry:
                 base["default"] = entry["default"]
     return data
+
+
+LAYOUT = "see experiments/schemes.yaml: <dataset>: {default: <scheme>, schemes: {<scheme>: {classes: {<class>: [labels]}}}}"
+
+
+def _checked(doc, source: str) -> dict:
+    """`doc` if it has the layout of experiments/schemes.yaml, else a one-line error."""
+    if not isinstance(doc, dict):
+        raise GalmorphError(f"{source} must map dataset keys to schemes, not be a {_kind(doc)}; {LAYOUT}")
+    for key, entry in doc.items():
+        if not isinstance(entry, dict):
+            raise GalmorphError(f"{source}: entry {key!r} is a {_kind(entry)}, not a mapping; {LAYOUT}")
+        if "default" in entry and not isinstance(entry["default"], str):
+            raise GalmorphError(f"{source}: {key}.default is a {_kind(entry['default'])}; name a scheme")
+        defs = entry.get("schemes") or {}
+        if not isinstance(defs, dict):
+            raise GalmorphError(f"{source}: {key}.schemes is a {_kind(defs)}, not a mapping of scheme names; {LAYOUT}")
+        for name, spec in defs.items():
+            if not isinstance(spec, dict) or not isinstance(spec.get("classes"), dict):
+                raise GalmorphError(f"{source}: scheme {key}/{name} needs `classes:`, a mapping of class names "
+                                    f"to lists of native labels; {LAYOUT}")
+            for cls, natives in spec["classes"].items():
+                if natives is not None and not (isinstance(natives, list) and all(_is_int(n) for n in natives)):
+                    raise GalmorphError(f"{source}: scheme {key}/{name}, class {cls}: {natives!r} is not a list of "
+                                        "integer labels; write it like [0, 3]")
+    return doc
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind(value) -> str:
+    return {list: "list", str: "string", dict: "mapping", type(None): "empty value"}.get(type(value), type(value).__name__)
 
 
 def names(key: str, schemes_file: str | None = None) -> list[str]:
@@ -113,9 +146,10 @@ def regroup(class_names, groups) -> np.ndarray:
     return lut
 
 
-def _derived(key: str, name: str, native_class_names, schemes_file) -> Scheme:
+def _derived(key: str, name: str, native_class_names, schemes_file, label_values=None) -> Scheme:
     base_name, spec = name.split(DERIVED, 1)
-    base = get(key, "default" if base_name in ("", "pair", "default") else base_name, native_class_names, schemes_file)
+    base = get(key, "default" if base_name in ("", "pair", "default") else base_name, native_class_names, schemes_file,
+               label_values)
     groups = [[c.strip() for c in g.split(MERGE) if c.strip()] for g in spec.split(VS)]
     lut = regroup(base.class_names, groups)
     mapping = {native: int(lut[cls]) for native, cls in base.native_to_class.items() if lut[cls] >= 0}
@@ -124,14 +158,19 @@ def _derived(key: str, name: str, native_class_names, schemes_file) -> Scheme:
                   f"{' vs '.join(classes)}, derived from scheme {base.name}")
 
 
-def get(key: str, name: str, native_class_names, schemes_file: str | None = None) -> Scheme:
-    """The scheme `name` of dataset `key`, checked against the dataset's native classes."""
+def get(key: str, name: str, native_class_names, schemes_file: str | None = None, label_values=None) -> Scheme:
+    """The scheme `name` of dataset `key`, checked against the dataset's native classes.
+
+    label_values: the file's label of each native class, when the classes were inferred from
+    the labels present (galmorph.data.hdf5.infer_classes); a scheme's native labels are then
+    those values. Default: native class i has label i.
+    """
     native_class_names = tuple(native_class_names)
     entry = catalogue(schemes_file).get(key, {})
     if name == "default":
         name = entry.get("default", "native")
     if DERIVED in name:
-        return _derived(key, name, native_class_names, schemes_file)
+        return _derived(key, name, native_class_names, schemes_file, label_values)
     if name == "native":
         return Scheme("native", key, native_class_names, {i: i for i in range(len(native_class_names))},
                       "every native class")
@@ -145,15 +184,19 @@ def get(key: str, name: str, native_class_names, schemes_file: str | None = None
     classes = spec.get("classes")
     if not isinstance(classes, dict) or len(classes) < 2:
         raise GalmorphError(f"scheme {key}/{name} must list at least two classes, each with its native labels")
+    values = range(len(native_class_names)) if label_values is None else [int(v) for v in label_values]
+    position = {v: i for i, v in enumerate(values)}
     mapping: dict[int, int] = {}
     for idx, (cls, natives) in enumerate(classes.items()):
         for native in natives or []:
-            if not isinstance(native, int) or not 0 <= native < len(native_class_names):
+            if native not in position:
+                have = (f"0..{len(values) - 1}" if label_values is None
+                        else ", ".join(map(str, values[:10])) + (" ..." if len(values) > 10 else ""))
                 raise GalmorphError(
                     f"scheme {key}/{name}: class {cls} lists native label {native!r}, but {key} has labels "
-                    f"0..{len(native_class_names) - 1}; fix the scheme"
+                    f"{have}; fix the scheme"
                 )
-            if native in mapping:
+            if position[native] in mapping:
                 raise GalmorphError(f"scheme {key}/{name}: native label {native} is listed in two classes; list it once")
-            mapping[native] = idx
+            mapping[position[native]] = idx
     return Scheme(name, key, tuple(str(c) for c in classes), mapping, str(spec.get("description", "")).strip())

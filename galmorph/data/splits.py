@@ -10,6 +10,7 @@ the source file, so a saved split can be reused by a later run (and by the other
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,7 +103,8 @@ def stratified(labels: np.ndarray, *, val_fraction: float = 0.15, test_fraction:
 def stratified_subset(labels: np.ndarray, max_images: int, seed: int = 0) -> np.ndarray:
     """Sorted positions of a class-proportional subset of at most `max_images` images.
 
-    Every class keeps at least 3 images where it has them (so it can still be split).
+    Every class keeps at least 3 images where it has them (so it can still be split); a
+    `max_images` below that sum is an error stating the minimum, never a larger subset.
     """
     labels = np.asarray(labels)
     if max_images < 1:
@@ -113,6 +115,11 @@ def stratified_subset(labels: np.ndarray, max_images: int, seed: int = 0) -> np.
     classes, counts = np.unique(labels, return_counts=True)
     exact = counts * max_images / labels.size
     floor = np.minimum(counts, 3)
+    if max_images < floor.sum():
+        raise GalmorphError(
+            f"max_images {max_images} is below the {floor.sum()} images a stratified split of {classes.size} classes "
+            f"needs (3 per class); use at least {floor.sum()} or 0 for all"
+        )
     quota = np.maximum(floor, np.floor(exact)).astype(int)
     # rounding and the 3-image floor rarely hit the budget exactly: take the excess from the
     # classes furthest above their share, hand any shortfall to the largest remainders
@@ -145,26 +152,92 @@ def save(split: Split, rows: np.ndarray, path: Path, *, dataset_digest: str, ext
     return path
 
 
-def load(path: Path, rows: np.ndarray) -> Split:
-    """Read a saved split and map its source rows to positions in a dataset with `rows`."""
-    try:
-        with open(path) as fh:
-            doc = json.load(fh)
-    except OSError as exc:
-        raise GalmorphError(f"cannot read split file {path} ({exc.strerror}); check the path") from None
-    except json.JSONDecodeError:
-        raise GalmorphError(f"split file {path} is not valid JSON; use a splits.json logged by a galmorph run") from None
-    if doc.get("format") != "galmorph-split-1":
-        raise GalmorphError(f"{path} is not a galmorph split file; use a splits.json logged by a galmorph run")
+def load(path: Path, rows: np.ndarray, *, dataset_digest: str | None = None, groups: np.ndarray | None = None) -> Split:
+    """Read a saved split and map its source rows to positions in a dataset with `rows`.
+
+    Checked before anything trains, each problem a one-line GalmorphError: the file's layout,
+    that it was made for this data (`dataset_digest`, when given, is the loaded Dataset's
+    digest()), that no split is empty, that no row is in two splits (or twice in one), that
+    every row exists in the data and (with `groups`, the galaxy id of each position) that no
+    galaxy has images in two splits.
+    """
+    doc = _read_doc(path)
+    fix = "use a splits.json logged by a galmorph run on the same data, or leave split_file empty to make a new split"
+    if dataset_digest is not None and doc["dataset_digest"] != dataset_digest:
+        raise GalmorphError(
+            f"split file {path} was made for other data (dataset digest {doc['dataset_digest']}, the loaded data has "
+            f"{dataset_digest}): another dataset, scheme or max_images, or the data changed; {fix}"
+        )
+    parts = {name: doc["rows"][name] for name in SPLITS}
+    for name, part in parts.items():
+        if not part:
+            raise GalmorphError(f"split file {path}: the {name} split is empty; {fix}")
+        if len(set(part)) != len(part):
+            twice = sorted(r for r, k in Counter(part).items() if k > 1)
+            raise GalmorphError(f"split file {path}: {len(twice)} row(s) (e.g. {twice[0]}) appear twice in {name}; {fix}")
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1:]:
+            both = sorted(set(parts[a]) & set(parts[b]))
+            if both:
+                raise GalmorphError(
+                    f"split file {path}: {len(both)} row(s) (e.g. {both[0]}) are in both {a} and {b}, which would leak "
+                    f"{b} images into {a}; {fix}"
+                )
     position = {int(r): i for i, r in enumerate(rows)}
     out = {}
     for name in SPLITS:
-        missing = [r for r in doc["rows"][name] if r not in position]
+        missing = [r for r in parts[name] if r not in position]
         if missing:
             raise GalmorphError(
                 f"split file {path}: {len(missing)} {name} row(s) (e.g. {missing[0]}) are not in this dataset "
                 "after scheme and max_images; use the same dataset, scheme and max_images as the run that made it"
             )
-        out[name] = np.array([position[r] for r in doc["rows"][name]], dtype=np.int64)
-    return Split(out["train"], out["val"], out["test"], int(doc["seed"]),
-                 float(doc["val_fraction"]), float(doc["test_fraction"]))
+        out[name] = np.array([position[r] for r in parts[name]], dtype=np.int64)
+    if groups is not None:
+        _check_galaxies(path, {name: np.asarray(groups)[out[name]] for name in SPLITS}, fix)
+    return Split(out["train"], out["val"], out["test"], doc["seed"], doc["val_fraction"], doc["test_fraction"])
+
+
+def _check_galaxies(path, ids: dict, fix: str) -> None:
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1:]:
+            both = np.intersect1d(ids[a], ids[b])
+            if both.size:
+                raise GalmorphError(
+                    f"split file {path}: {both.size} galaxy(ies) (e.g. {both[0]}) have images in both {a} and {b}, "
+                    f"which would leak {b} galaxies into {a}; {fix}"
+                )
+
+
+def _read_doc(path: Path) -> dict:
+    """The JSON of a split file, its layout checked: an object with format galmorph-split-1, a
+    dataset_digest string, seed and fractions, and `rows` holding lists of integer rows for
+    train, val and test."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except OSError as exc:
+        raise GalmorphError(f"cannot read split file {path} ({exc.strerror}); check the path") from None
+    except ValueError:  # not JSON, or not text at all
+        raise GalmorphError(f"split file {path} is not valid JSON; use a splits.json logged by a galmorph run") from None
+    use = "use a splits.json logged by a galmorph run"
+    if not isinstance(doc, dict):
+        raise GalmorphError(f"split file {path} holds a JSON {type(doc).__name__}, not a galmorph split (an object); {use}")
+    if doc.get("format") != "galmorph-split-1":
+        raise GalmorphError(f"{path} is not a galmorph split file (no format galmorph-split-1); {use}")
+    rows = doc.get("rows")
+    if not isinstance(rows, dict):
+        raise GalmorphError(f"split file {path} lacks `rows` (an object with train, val and test lists); {use}")
+    for name in SPLITS:
+        part = rows.get(name)
+        if not isinstance(part, list) or not all(isinstance(r, int) and not isinstance(r, bool) for r in part):
+            what = "is missing" if part is None else "is not a list of integer rows"
+            raise GalmorphError(f"split file {path}: rows.{name} {what}; {use}")
+    if not isinstance(doc.get("dataset_digest"), str):
+        raise GalmorphError(f"split file {path} lacks its dataset_digest, so it cannot be checked against the data; {use}")
+    try:
+        doc["seed"], doc["val_fraction"], doc["test_fraction"] = (
+            int(doc["seed"]), float(doc["val_fraction"]), float(doc["test_fraction"]))
+    except (KeyError, TypeError, ValueError):
+        raise GalmorphError(f"split file {path} lacks a valid seed, val_fraction or test_fraction; {use}") from None
+    return doc

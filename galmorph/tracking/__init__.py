@@ -4,6 +4,7 @@ before the first MLflow call (store)."""
 
 from galmorph.tracking.runs import (
                                     artifact_dir,
+                                    check_experiment,
                                     configure,
                                     install_sigterm_handler,
                                     log_params,
@@ -14,5 +15,5 @@ from galmorph.tracking.runs import (
 from galmorph.tracking.secrets import redact
 from galmorph.tracking.store import check_store, store_problem
 
-__all__ = ["artifact_dir", "check_store", "configure", "install_sigterm_handler", "log_params", "redact",
-           "require_finite", "run", "store_problem", "validated"]
+__all__ = ["artifact_dir", "check_experiment", "check_store", "configure", "install_sigterm_handler", "log_params",
+           "redact", "require_finite", "run", "store_problem", "validated"]

@@ -41,10 +41,18 @@ def configure(experiment: str) -> None:
     import mlflow
 
     if not os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None:
+        check_experiment(experiment)
         found = mlflow.set_experiment(experiment)
         # MLflow 3.17: when another process creates the experiment at the same moment,
         # set_experiment returns it without making it active (runs would land in Default)
         mlflow.set_experiment(experiment_id=found.experiment_id)
+
+
+def check_experiment(name) -> None:
+    """An MLflow experiment name must have a visible character (MLflow's own error for an
+    empty one is a traceback from deep inside set_experiment)."""
+    if not isinstance(name, str) or not name.strip():
+        raise GalmorphError(f"experiment must name an MLflow experiment, got {name!r}; pass e.g. --experiment galmorph")
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ def prepare(config: TrainConfig, *, merge_val_into_train: bool = False) -> Prepa
     if config.max_images:
         data = data.subset(splits.stratified_subset(data.labels, config.max_images, seed=SUBSET_SEED))
     if config.split_file:
-        split = splits.load(Path(config.split_file), data.rows)
+        split = splits.load(Path(config.split_file), data.rows, dataset_digest=data.digest(), groups=data.groups)
     else:
         split = splits.stratified(data.labels, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                                   seed=config.seed, groups=data.groups, class_names=data.class_names)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import next_timestamp
 
 from galmorph.core.errors import GalmorphError
 from galmorph.data import download, http
@@ -464,3 +465,64 @@ def test_no_urls_and_bad_arguments(tmp_path):
     with pytest.raises(ValueError):
         fetch(["http://127.0.0.1:1/x"], tmp_path / "g.h5", "not-a-hash")
     assert not os.listdir(tmp_path)
+
+
+# --------------------------------------------------------------------------- Galaxy10 in the registry
+
+
+@pytest.fixture
+def galaxy10(server, tmp_path, monkeypatch):
+    """The Galaxy10 record pointed at the local server's PAYLOAD; no astroNN copy; hashes counted."""
+    import dataclasses
+
+    from galmorph.data import integrity, registry
+
+    url = server.route("/Galaxy10.h5")
+    record = dataclasses.replace(registry.DATASETS["galaxy10"], urls=(url,), sha256=SHA, size_bytes=SIZE)
+    monkeypatch.setitem(registry.DATASETS, "galaxy10", record)
+    monkeypatch.setattr(registry, "ASTRONN_GALAXY10", tmp_path / "astronn" / "Galaxy10.h5")
+    monkeypatch.setenv("GALMORPH_CACHE", str(tmp_path / "cache"))
+    hashed = []
+    for module in (integrity, download):
+        real = module.sha256_file
+        monkeypatch.setattr(module, "sha256_file", lambda p, *a, real=real, **k: hashed.append(p) or real(p, *a, **k))
+    return {"registry": registry, "requests": lambda: server.requests_for("/Galaxy10.h5"), "hashed": hashed,
+            "dest": tmp_path / "cache" / "Galaxy10.h5"}
+
+
+def test_galaxy10_is_verified_once_per_file_version(galaxy10):
+    registry, dest = galaxy10["registry"], galaxy10["dest"]
+    assert registry.galaxy10_path(progress=False) == dest and dest.read_bytes() == PAYLOAD
+    assert len(galaxy10["requests"]()) == 1 and len(galaxy10["hashed"]) == 1  # the download, verified once
+    for download_allowed in (True, False, True):
+        assert registry.galaxy10_path(download=download_allowed, progress=False) == dest
+    assert len(galaxy10["requests"]()) == 1 and len(galaxy10["hashed"]) == 1  # no request, no re-hash
+
+
+def test_damaged_galaxy10_is_never_used(galaxy10):
+    registry, dest = galaxy10["registry"], galaxy10["dest"]
+    registry.galaxy10_path(progress=False)
+    next_timestamp(dest)
+    with open(dest, "r+b") as fh:  # one byte in the middle, in place (same size)
+        fh.seek(SIZE // 2)
+        byte = fh.read(1)[0]
+        fh.seek(SIZE // 2)
+        fh.write(bytes([byte ^ 0xFF]))
+    with pytest.raises(GalmorphError, match=r"the downloaded .*Galaxy10.h5 is damaged \(SHA256 .* is not used; "
+                                            r"download it again: run `galmorph data download galaxy10`"):
+        registry.galaxy10_path(download=False, progress=False)
+    assert registry.galaxy10_path(progress=False) == dest  # downloaded again
+    assert dest.read_bytes() == PAYLOAD and len(galaxy10["requests"]()) == 2
+
+
+def test_astronn_copy_is_verified_without_writing_into_its_folder(galaxy10, tmp_path):
+    registry = galaxy10["registry"]
+    theirs = registry.ASTRONN_GALAXY10
+    theirs.parent.mkdir()
+    theirs.write_bytes(PAYLOAD)
+    for _ in range(3):
+        assert registry.galaxy10_path(progress=False) == theirs
+    assert galaxy10["hashed"] == [theirs] and not galaxy10["requests"]()
+    assert sorted(p.name for p in theirs.parent.iterdir()) == ["Galaxy10.h5"]
+    theirs.write_bytes(PAYLOAD[:-1])  # truncated: galmorph's own copy is fetched instead
+    assert registry.galaxy10_path(progress=False) == galaxy10["dest"]

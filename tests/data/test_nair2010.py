@@ -21,6 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import next_timestamp
 from skyserver import (  # the `server` fixture: conftest
     DEC,
     EXPECTED_CLASS,
@@ -331,6 +332,44 @@ def test_unusable_catalogue(server, tmp_path, mode):
 def test_default_output_path(monkeypatch, tmp_path):
     monkeypatch.setenv("GALMORPH_CACHE", str(tmp_path))
     assert nair2010.default_output_path() == tmp_path / "nair2010" / "nair2010.h5"
+
+
+def test_loading_verifies_the_file_against_its_manifest(server, tmp_path, monkeypatch):
+    from galmorph.data import integrity, registry
+
+    monkeypatch.setenv("GALMORPH_CACHE", str(tmp_path / "home"))
+    out = nair2010.default_output_path()
+    _prepare(server, tmp_path, out=out, limit=6)
+    good = registry.load("nair2010", "native")
+    assert len(good) == 6 and integrity.check(out) is None  # prepare recorded the checksum it wrote
+
+    with h5py.File(out, "r") as f:
+        chunk = f["images"].id.get_chunk_info(0)
+    next_timestamp(out)
+    with open(out, "r+b") as fh:  # one byte of pixel data, in place: h5py would read it silently
+        fh.seek(chunk.byte_offset + chunk.size // 2)
+        byte = fh.read(1)[0]
+        fh.seek(-1, 1)
+        fh.write(bytes([byte ^ 0xFF]))
+    with pytest.raises(GalmorphError) as err:
+        registry.load("nair2010", "native")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{out} does not match its manifest (SHA256 ")
+    assert message.endswith("...: changed on disk), so it is damaged and not used; rebuild it with "
+                            "`galmorph data prepare nair2010` (it reuses the cached catalogue and cutouts)")
+
+    requests_before = sum(server.state.requests.values())
+    _prepare(server, tmp_path, out=out, limit=6)  # the rebuild the message asks for, from cached cutouts
+    assert sum(server.state.requests.values()) == requests_before
+    assert registry.load("nair2010", "native").digest() == good.digest()
+
+    with open(out, "r+b") as fh:
+        fh.truncate(out.stat().st_size - 100)
+    with pytest.raises(GalmorphError, match=r"expected [\d,]+: truncated or overwritten\), so it is damaged"):
+        registry.load("nair2010", "native")
+    nair2010.manifest_path(out).unlink()
+    with pytest.raises(GalmorphError, match="its manifest nair2010.manifest.json is missing"):
+        registry.load("nair2010", "native")
 
 
 def test_import_loads_no_framework():

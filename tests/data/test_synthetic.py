@@ -232,7 +232,8 @@ def test_cache_file_format_and_reuse(tmp_path, monkeypatch):
     assert path == synthetic.cached_path(12, 32, 5, 0.5, tmp_path)
     assert path.parent == tmp_path and path.suffix == ".h5"
     assert f"v{synthetic.GENERATOR_VERSION}" in path.name
-    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary files left
+    # no temporary files left; the checksum sidecar (galmorph.data.integrity) beside the file
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.name + ".sha256.json"]
     images, labels = synthetic.generate(12, 32, seed=5, noise=0.5)
     with h5py.File(path, "r") as fh:
         assert fh["images"].dtype == np.uint8 and fh["images"].shape == (12, 32, 32, 3)

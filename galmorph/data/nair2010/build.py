@@ -17,7 +17,7 @@ import numpy as np
 from galmorph import __version__
 from galmorph.core.errors import GalmorphError
 from galmorph.core.io import atomic_write, publish
-from galmorph.data.download import sha256_file
+from galmorph.data import integrity
 from galmorph.data.nair2010.catalogue import fetch_catalogue, ttype_to_class
 from galmorph.data.nair2010.cutouts import cutout_name, decode, download_cutouts, remove_stale_tmp
 from galmorph.data.nair2010.params import (
@@ -140,9 +140,10 @@ def _write_outputs(out: Path, rows, files, failures, cutout_url, created) -> tup
                 f"no cutout of the {len(rows)} galaxies could be fetched (reasons in {fail_csv}); "
                 f"check cutout_url ({cutout_url}) and the network, then run again"
             )
-        digest, size = sha256_file(h5_tmp), h5_tmp.stat().st_size
+        digest, size = integrity.sha256_file(h5_tmp), h5_tmp.stat().st_size
         publish(h5_tmp, out)
         h5_tmp = None
+        integrity.remember(out, digest)  # loading verifies against the manifest, hashing once per version
     finally:
         if h5_tmp is not None:
             h5_tmp.unlink(missing_ok=True)
