@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PG_SECRET, REPO, RUN_CHOICE, check_entry_point, child_env, run_python
+from conftest import PG_SECRET, REPO, RUN_CHOICE, check_entry_point, child_env, run_python, wait_for
 
 from galmorph.config import TrainConfig
 from galmorph.core.errors import GalmorphError
@@ -195,6 +195,38 @@ def test_storage_passwords_never_appear_in_errors():
         open_storage(url, heartbeat_interval=1)
     assert "cannot open the Optuna storage postgresql://galmorph:***@127.0.0.1:1/optuna" in str(info.value)
     assert SECRET not in str(info.value)
+
+
+def test_a_live_worker_closes_the_study_run_of_a_dead_one(tmp_path, tracking_uri):
+    """The sweep of WorkerHeartbeat's thread: a worker whose beat stopped an hour ago (dead
+    between trials: no stale trial to notice) has its study run closed KILLED with a reason; a
+    dead worker whose run had ended is left as it was; the live worker's own run is not touched."""
+    import datetime as dt
+
+    import mlflow
+    import optuna
+
+    from galmorph.workflows.tune.storage import WORKER, WorkerHeartbeat, db_now, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1)
+    study = optuna.create_study(study_name="beats", storage=storage)
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("beats", artifact_location=(tmp_path / "artifacts").as_uri())
+    dead, ended, mine = (client.create_run(experiment).info.run_id for _ in range(3))
+    client.set_terminated(ended, "FINISHED")
+    long_ago = (db_now(storage) - dt.timedelta(hours=1)).isoformat()
+    for run_id in (dead, ended):
+        study.set_user_attr(WORKER + run_id, {"run_id": run_id, "host": "gone", "pid": 4242, "beat": long_ago,
+                                              "state": "running"})
+    with WorkerHeartbeat(study, storage, mine, interval=1, grace=2):
+        wait_for(lambda: client.get_run(dead).info.status == "KILLED", 60, "the dead worker's run to be closed")
+        assert study.user_attrs[WORKER + mine]["state"] == "running"
+        assert client.get_run(mine).info.status == "RUNNING"
+    reason = client.get_run(dead).data.tags["failure_reason"]
+    assert "(host gone, pid 4242) stopped sending heartbeats" in reason and f"pid {os.getpid()} closed" in reason
+    assert client.get_run(ended).info.status == "FINISHED" and "failure_reason" not in client.get_run(ended).data.tags
+    states = {key[len(WORKER):]: record["state"] for key, record in study.user_attrs.items()}
+    assert states == {dead: "dead", ended: "dead", mine: "ended"}
 
 
 def test_missing_monitored_metric_is_an_error(mlflow_store, monkeypatch):
