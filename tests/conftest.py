@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import pwd
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -133,9 +142,149 @@ def small_h5(tmp_path):
     return make_h5(tmp_path / "small.h5")
 
 
+def wait_for(condition, timeout: float, what: str):
+    """Poll `condition` (it may fail the test itself) until it returns something truthy; fail
+    after `timeout` seconds. The pause between polls only spaces out the queries."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
 def run_python(code: str, env: dict | None = None, timeout: int = 600, cwd=REPO):
     """Run `code` in a fresh interpreter (one deep-learning framework per process)."""
-    import subprocess
-
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
                           env=child_env(env), cwd=cwd)
+
+
+# The tuning tests search a small corner of the real space (narrow networks), so that
+# a trial takes seconds on two shared CPU cores; test_tune.py checks the real spaces.
+SMALL_SPACE = {"model": "c2", "params": {
+    "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+    "lr_adam": {"field": "learning_rate", "type": "float", "low": 1e-4, "high": 3e-3, "log": True,
+                "when": {"optimizer": ["adam"]}},
+    "lr_sgd": {"field": "learning_rate", "type": "float", "low": 1e-3, "high": 1e-1, "log": True,
+               "when": {"optimizer": ["sgd"]}},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.6},
+    "width": {"type": "categorical", "choices": [0.25, 0.5]},
+    "dense_units": {"type": "categorical", "choices": [32, 64]},
+}}
+
+
+@pytest.fixture(scope="module")
+def small_space(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("space") / "small.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(SMALL_SPACE, sort_keys=False))
+    return str(path)
+
+# ---------------------------------------------------------------------------------------
+# a throwaway PostgreSQL server (Optuna storage of several workers, MLflow server's store)
+
+PG_SECRET = "s3cret-Pw"  # the password of the test role galmorph
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg_bindir() -> Path | None:
+    """The folder holding initdb, pg_ctl, postgres and psql (newest version first), or None."""
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name)
+                        if Path(p).parent.name.isdigit() else 0, reverse=True)
+    if shutil.which("pg_ctl"):
+        candidates.append(str(Path(shutil.which("pg_ctl")).parent))
+    for path in candidates:
+        if all((Path(path) / tool).exists() for tool in ("initdb", "pg_ctl", "postgres", "psql")):
+            return Path(path)
+    return None
+
+
+@dataclass
+class Postgres:
+    """A running test cluster on 127.0.0.1: role galmorph (password PG_SECRET), database optuna."""
+
+    port: int
+    socket_dir: Path
+    pg: Callable  # pg(tool, *args): run a server tool as the cluster's owner
+
+    def url(self, database: str = "optuna", password: bool = True) -> str:
+        """postgresql://galmorph[:secret]@127.0.0.1:<port>/<database>; without the password,
+        clients take it from PGPASSWORD (as users are told to)."""
+        auth = f"galmorph:{PG_SECRET}" if password else "galmorph"
+        return f"postgresql://{auth}@127.0.0.1:{self.port}/{database}"
+
+    def psql(self, *commands: str) -> None:
+        args = [x for c in commands for x in ("-c", c)]
+        self.pg("psql", "-q", "-h", self.socket_dir, "-p", self.port, "-U", "postgres", *args)
+
+    def create_database(self, name: str) -> None:
+        self.psql(f"CREATE DATABASE {name} OWNER galmorph")
+
+
+def _pg_runner(bindir: Path, tmp_path: Path):
+    """(folder for the cluster, its owner or None, pg(tool, *args)): as the postgres user when
+    running as root, since initdb refuses root."""
+    owner = None
+    if os.geteuid() != 0:
+        base = tmp_path / "pg"
+        base.mkdir()
+        prefix = []
+    else:
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to run the server as")
+        base = Path(tempfile.mkdtemp(prefix="galmorph-pg-"))
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"] if shutil.which("runuser") else None
+
+    def pg(*cmd, check=True):
+        argv = [str(bindir / cmd[0]), *map(str, cmd[1:])]
+        argv = ["su", "postgres", "-c", " ".join(argv)] if prefix is None else prefix + argv
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=check)
+
+    return base, owner, pg
+
+
+@pytest.fixture
+def postgres_server(tmp_path):
+    """A throwaway PostgreSQL server on 127.0.0.1 with password authentication (Postgres)."""
+    bindir = pg_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl, postgres, psql) under "
+                    "/usr/lib/postgresql/*/bin or on PATH; `.ci/run` installs them (apt-get install postgresql)")
+    base, owner, pg = _pg_runner(bindir, tmp_path)
+    pwfile = base / "superuser.pw"
+    pwfile.write_text("postgres-superuser\n")
+    if owner:
+        os.chown(pwfile, owner.pw_uid, owner.pw_gid)
+    server = Postgres(free_port(), base, pg)
+    try:
+        pg("initdb", "-D", base / "data", "-U", "postgres", f"--pwfile={pwfile}", "--auth-local=trust",
+           "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync")
+        pg("pg_ctl", "-D", base / "data", "-l", base / "server.log", "-w", "-t", "60", "-o",
+           f"-p {server.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
+           "start")
+        server.psql(f"CREATE ROLE galmorph LOGIN PASSWORD '{PG_SECRET}'", "CREATE DATABASE optuna OWNER galmorph")
+    except subprocess.CalledProcessError as exc:
+        log = (base / "server.log").read_text()[-2000:] if (base / "server.log").exists() else ""
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"could not start PostgreSQL: {exc.stderr[-2000:]} {log}")
+    try:
+        yield server
+    finally:
+        pg("pg_ctl", "-D", base / "data", "-m", "immediate", "stop", check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres(postgres_server) -> str:
+    """The URL, password included, of the test server's database optuna."""
+    return postgres_server.url("optuna")

@@ -12,6 +12,8 @@ KIND = "galmorph.kind"  # what a parent or bookkeeping run is: multiseed, sweep,
 ROLE = "galmorph.role"  # what a run is to its parent or study: study, trial, retrain, hierarchy_node
 PARENT = "galmorph.parent"  # the run id of the galmorph parent (multiseed group, hierarchy)
 FAILURE_REASON = "failure_reason"
+WORKER_HOST = "galmorph.worker_host"  # where a study run's worker runs (a study's workers may be many)
+WORKER_PID = "galmorph.worker_pid"
 MODEL_URI = "model_uri"
 RUN_NAME = "mlflow.runName"
 

@@ -4,55 +4,29 @@ framework per process) on tiny synthetic data."""
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import pwd
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, RUN_CHOICE, check_entry_point, child_env, run_python
+from conftest import PG_SECRET, REPO, RUN_CHOICE, check_entry_point, child_env, run_python, wait_for
 
 from galmorph.config import TrainConfig
 from galmorph.core.errors import GalmorphError
 from galmorph.workflows.tune import TUNABLE, RetrainConfig, TuneConfig, load_space, sample
 
 TINY = ["--dataset", "synthetic", "--synthetic-n", "120", "--epochs", "2", "--threads", "2"]
-SECRET = "s3cret-Pw"
+SECRET = PG_SECRET  # the test PostgreSQL role's password (conftest.postgres_server)
 
 
 def _galmorph(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "galmorph", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO, timeout=timeout, env=child_env())
-
-
-# The training tests search a small corner of the real space (narrow networks), so that
-# a trial takes seconds on two shared CPU cores; the real spaces are checked above.
-SMALL_SPACE = {"model": "c2", "params": {
-    "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
-    "lr_adam": {"field": "learning_rate", "type": "float", "low": 1e-4, "high": 3e-3, "log": True,
-                "when": {"optimizer": ["adam"]}},
-    "lr_sgd": {"field": "learning_rate", "type": "float", "low": 1e-3, "high": 1e-1, "log": True,
-               "when": {"optimizer": ["sgd"]}},
-    "dropout": {"type": "float", "low": 0.0, "high": 0.6},
-    "width": {"type": "categorical", "choices": [0.25, 0.5]},
-    "dense_units": {"type": "categorical", "choices": [32, 64]},
-}}
-
-
-@pytest.fixture(scope="module")
-def small_space(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("space") / "small.yaml"
-    path.write_text(yaml.safe_dump(SMALL_SPACE, sort_keys=False))
-    return str(path)
 
 
 EXPERIMENTS = ("tune-test-torch", "tune-test-keras", "resume", "workers")
@@ -223,6 +197,38 @@ def test_storage_passwords_never_appear_in_errors():
     assert SECRET not in str(info.value)
 
 
+def test_a_live_worker_closes_the_study_run_of_a_dead_one(tmp_path, tracking_uri):
+    """The sweep of WorkerHeartbeat's thread: a worker whose beat stopped an hour ago (dead
+    between trials: no stale trial to notice) has its study run closed KILLED with a reason; a
+    dead worker whose run had ended is left as it was; the live worker's own run is not touched."""
+    import datetime as dt
+
+    import mlflow
+    import optuna
+
+    from galmorph.workflows.tune.storage import WORKER, WorkerHeartbeat, db_now, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1)
+    study = optuna.create_study(study_name="beats", storage=storage)
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("beats", artifact_location=(tmp_path / "artifacts").as_uri())
+    dead, ended, mine = (client.create_run(experiment).info.run_id for _ in range(3))
+    client.set_terminated(ended, "FINISHED")
+    long_ago = (db_now(storage) - dt.timedelta(hours=1)).isoformat()
+    for run_id in (dead, ended):
+        study.set_user_attr(WORKER + run_id, {"run_id": run_id, "host": "gone", "pid": 4242, "beat": long_ago,
+                                              "state": "running"})
+    with WorkerHeartbeat(study, storage, mine, interval=1, grace=2):
+        wait_for(lambda: client.get_run(dead).info.status == "KILLED", 60, "the dead worker's run to be closed")
+        assert study.user_attrs[WORKER + mine]["state"] == "running"
+        assert client.get_run(mine).info.status == "RUNNING"
+    reason = client.get_run(dead).data.tags["failure_reason"]
+    assert "(host gone, pid 4242) stopped sending heartbeats" in reason and f"pid {os.getpid()} closed" in reason
+    assert client.get_run(ended).info.status == "FINISHED" and "failure_reason" not in client.get_run(ended).data.tags
+    states = {key[len(WORKER):]: record["state"] for key, record in study.user_attrs.items()}
+    assert states == {dead: "dead", ended: "dead", mine: "ended"}
+
+
 def test_missing_monitored_metric_is_an_error(mlflow_store, monkeypatch):
     import numpy as np
     import optuna
@@ -383,75 +389,6 @@ def test_rerunning_a_study_continues_it(tmp_path, mlflow_store, small_space):
 
 # ---------------------------------------------------------------------------------------
 # several workers, one PostgreSQL study
-
-
-def _pg_bindir() -> Path | None:
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name)
-                        if Path(p).parent.name.isdigit() else 0, reverse=True)
-    if shutil.which("pg_ctl"):
-        candidates.append(str(Path(shutil.which("pg_ctl")).parent))
-    for path in candidates:
-        if all((Path(path) / tool).exists() for tool in ("initdb", "pg_ctl", "postgres", "psql")):
-            return Path(path)
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def postgres(tmp_path):
-    """A throwaway PostgreSQL server on 127.0.0.1 with password authentication; yields its URL
-    (role galmorph, password SECRET, database optuna)."""
-    bindir = _pg_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl, postgres, psql) under "
-                    "/usr/lib/postgresql/*/bin or on PATH; `.ci/run` installs them (apt-get install postgresql)")
-    as_root = os.geteuid() == 0
-    if as_root:  # initdb refuses root: run the server as the postgres user, in a folder it owns
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no postgres user to run the server as")
-        base = Path(tempfile.mkdtemp(prefix="galmorph-pg-"))
-        os.chown(base, owner.pw_uid, owner.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"] if shutil.which("runuser") else None
-    else:
-        base, owner, prefix = tmp_path / "pg", None, []
-        base.mkdir()
-
-    def pg(*cmd, check=True):
-        argv = [str(bindir / cmd[0]), *map(str, cmd[1:])]
-        if prefix is None:  # root without runuser
-            argv = ["su", "postgres", "-c", " ".join(argv)]
-        else:
-            argv = prefix + argv
-        return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=check)
-
-    pwfile = base / "superuser.pw"
-    pwfile.write_text("postgres-superuser\n")
-    if owner:
-        os.chown(pwfile, owner.pw_uid, owner.pw_gid)
-    port = _free_port()
-    try:
-        pg("initdb", "-D", base / "data", "-U", "postgres", f"--pwfile={pwfile}", "--auth-local=trust",
-           "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync")
-        pg("pg_ctl", "-D", base / "data", "-l", base / "server.log", "-w", "-t", "60", "-o",
-           f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60", "start")
-        pg("psql", "-q", "-h", base, "-p", port, "-U", "postgres", "-c",
-           f"CREATE ROLE galmorph LOGIN PASSWORD '{SECRET}'", "-c", "CREATE DATABASE optuna OWNER galmorph")
-    except subprocess.CalledProcessError as exc:
-        log = (base / "server.log").read_text()[-2000:] if (base / "server.log").exists() else ""
-        shutil.rmtree(base, ignore_errors=True)
-        pytest.fail(f"could not start PostgreSQL: {exc.stderr[-2000:]} {log}")
-    try:
-        yield f"postgresql://galmorph:{SECRET}@127.0.0.1:{port}/optuna"
-    finally:
-        pg("pg_ctl", "-D", base / "data", "-m", "immediate", "stop", check=False)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _worker(url: str, space: str, n_trials: int) -> subprocess.Popen:

@@ -12,7 +12,9 @@
   `best_run_id` (the best child) and plots.
 - Storage: any Optuna RDB URL (default sqlite:///optuna.db, apart from mlflow.db); with
   heartbeats, a trial whose worker died is failed by a surviving worker and re-queued
-  (RetryHeartbeatStaleTrialCallback, the non-deprecated name of RetryFailedTrialCallback).
+  (RetryHeartbeatStaleTrialCallback, the non-deprecated name of RetryFailedTrialCallback), and
+  its runs are closed KILLED: the trial's child run, and the worker's study run, whose liveness
+  is the worker's own beat in the study (user attr galmorph_worker:<study run id>).
   Storage URLs are shown and logged with their password replaced by ***.
 - `retrain` trains the best trial's configuration on train+validation for a fixed number of
   epochs and evaluates it once on the test split, which no trial decision has used.

@@ -55,8 +55,9 @@ def objective_value(result: dict) -> float:
     return tracking.require_finite(OBJECTIVE, float(result[OBJECTIVE]))
 
 
-def make_objective(base: TrainConfig, space: SearchSpace, prepared, study_name: str):
-    """objective(trial) -> validation accuracy; everything but sampling is train.run's."""
+def make_objective(base: TrainConfig, space: SearchSpace, prepared, study_name: str, study_run_id: str = ""):
+    """objective(trial) -> validation accuracy; everything but sampling is train.run's.
+    `study_run_id`, this worker's study run, is recorded on each trial it runs."""
     import optuna
 
     def objective(trial) -> float:
@@ -64,6 +65,7 @@ def make_objective(base: TrainConfig, space: SearchSpace, prepared, study_name: 
         trial.set_user_attr("config_overrides", overrides)
         trial.set_user_attr("epochs_max", base.epochs)
         trial.set_user_attr("mlflow_run_id", "")  # a retried trial inherits the dead one's attrs
+        trial.set_user_attr("mlflow_study_run_id", study_run_id)  # which worker ran it
         config = base.replace(**overrides, run_name=f"{study_name}-trial-{trial.number}")
         tags = {"optuna_study": study_name, "optuna_trial_number": str(trial.number), ROLE: "trial",
                 "mlflow.runName": config.run_name}  # tracking.run names only top-level runs

@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 
 from galmorph import tracking
 from galmorph.config import TrainConfig, flat
 from galmorph.core.errors import GalmorphError
 from galmorph.tracking import redact
-from galmorph.tracking.tags import ROLE
+from galmorph.tracking.tags import ROLE, WORKER_HOST, WORKER_PID
 from galmorph.workflows import prepare
 from galmorph.workflows.tune.config import IDENTITY, TuneConfig
 from galmorph.workflows.tune.objective import TrialFailed, make_objective
 from galmorph.workflows.tune.space import SearchSpace, load_space
-from galmorph.workflows.tune.storage import open_storage, quiet_optuna
+from galmorph.workflows.tune.storage import WorkerHeartbeat, open_storage, quiet_optuna
 from galmorph.workflows.tune.summary import log_study, print_summary, summarize
 
 
@@ -63,7 +64,8 @@ def tune(config: TuneConfig, *, pruner=None, sampler=None) -> dict:
     tracking.configure(config.experiment)
     import mlflow  # after the settings are checked: importing it takes seconds
     tags = {"optuna_study": study_name, "optuna_storage": redact(storage_url), ROLE: "study",
-            "model": config.base.model, "backend": config.base.backend, "dataset": config.base.dataset}
+            "model": config.base.model, "backend": config.base.backend, "dataset": config.base.dataset,
+            WORKER_HOST: socket.gethostname(), WORKER_PID: str(os.getpid())}
     with tracking.run(config.run_name or f"tune-{study_name}", tags=tags) as parent:
         if problem is not None:
             raise problem
@@ -76,23 +78,33 @@ def tune(config: TuneConfig, *, pruner=None, sampler=None) -> dict:
         identity = {**{k: getattr(base, k) for k in IDENTITY if k != "dataset_digest"},
                     "dataset_digest": prepared.data.digest()}
         study = _open_study(study_name, storage, identity, pruner or make_pruner(config), base, space)
-        n_before = len(study.trials)
-        seed = _sampler_seed(config, n_before)
-        study.sampler = sampler or make_sampler(config, space, seed)
-        mlflow.set_tags({"optuna_trials_before": str(n_before), "optuna_sampler_seed": str(seed),
-                         "dataset_digest": identity["dataset_digest"]})
-        print(f"study {study_name} in {redact(storage_url)}: {n_before} trials so far; "
-              f"{config.n_trials or 'unlimited'} more, {config.sampler} sampler, {config.pruner} pruner",
-              file=sys.stderr)
         parent_id = parent.info.run_id
-        objective = make_objective(base, space, prepared, study_name)
-        study.optimize(objective, n_trials=config.n_trials or None, timeout=config.timeout or None,
-                       catch=(TrialFailed,), callbacks=[_progress(parent_id)], gc_after_trial=True)
-        summary = summarize(study, n_before)
-        summary["parent_run_id"] = parent_id
-        log_study(study, summary, space)
+        with _worker_heartbeat(config, study, storage, parent_id):
+            n_before = len(study.trials)
+            seed = _sampler_seed(config, n_before)
+            study.sampler = sampler or make_sampler(config, space, seed)
+            mlflow.set_tags({"optuna_trials_before": str(n_before), "optuna_sampler_seed": str(seed),
+                             "dataset_digest": identity["dataset_digest"]})
+            print(f"study {study_name} in {redact(storage_url)}: {n_before} trials so far; "
+                  f"{config.n_trials or 'unlimited'} more, {config.sampler} sampler, {config.pruner} pruner",
+                  file=sys.stderr)
+            objective = make_objective(base, space, prepared, study_name, parent_id)
+            study.optimize(objective, n_trials=config.n_trials or None, timeout=config.timeout or None,
+                           catch=(TrialFailed,), callbacks=[_progress(parent_id)], gc_after_trial=True)
+            summary = summarize(study, n_before, parent_id)
+            summary["parent_run_id"] = parent_id
+            log_study(study, summary, space)
     print_summary(summary)
     return summary
+
+
+def _worker_heartbeat(config: TuneConfig, study, storage, run_id: str):
+    """This worker's beat in the study while it works on it (none without heartbeats): a
+    surviving worker closes the study run of a worker that stopped beating."""
+    if not config.heartbeat_interval:
+        return contextlib.nullcontext()
+    grace = config.grace_period or 2 * config.heartbeat_interval
+    return WorkerHeartbeat(study, storage, run_id, config.heartbeat_interval, grace)
 
 
 def _open_study(study_name: str, storage, identity: dict, pruner, base: TrainConfig, space: SearchSpace):

@@ -16,8 +16,10 @@ from galmorph.workflows.tune.config import OBJECTIVE
 from galmorph.workflows.tune.space import SearchSpace
 
 
-def summarize(study, n_before: int = 0) -> dict:
-    """Counts by state and the epoch accounting of the whole study (all invocations)."""
+def summarize(study, n_before: int = 0, study_run_id: str = "") -> dict:
+    """Counts by state and the epoch accounting of the whole study (all invocations);
+    n_trials_this_run counts the trials of the worker whose study run is `study_run_id` (other
+    workers add trials meanwhile), or without it all trials after the first `n_before`."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -34,8 +36,10 @@ def summarize(study, n_before: int = 0) -> dict:
     saved_early = sum(budget(t) - ran(t) for t in by_state[TrialState.COMPLETE])
     per_epoch = [t.duration.total_seconds() / ran(t) for t in by_state[TrialState.COMPLETE] if t.duration and ran(t)]
     epoch_s = float(sorted(per_epoch)[len(per_epoch) // 2]) if per_epoch else float("nan")
+    this_run = (sum(1 for t in trials if t.user_attrs.get("mlflow_study_run_id") == study_run_id) if study_run_id
+                else len(trials) - n_before)
     out = {
-        "study_name": study.study_name, "n_trials": len(trials), "n_trials_this_run": len(trials) - n_before,
+        "study_name": study.study_name, "n_trials": len(trials), "n_trials_this_run": this_run,
         "n_complete": len(by_state[TrialState.COMPLETE]), "n_pruned": len(by_state[TrialState.PRUNED]),
         "n_failed": len(by_state[TrialState.FAIL]),
         "epochs_run": sum(ran(t) for t in done), "epochs_budget": sum(budget(t) for t in done),
