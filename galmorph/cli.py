@@ -200,7 +200,7 @@ def cmd_explain(args) -> int:
 
 
 def _command(sub, name: str, cls, func, help: str, description: str, skip=()) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=description)  # of class _Parser, like its parent
+    p = sub.add_parser(name, help=help, description=description, allow_abbrev=False)  # a _Parser, like its parent
     if cls is not None:
         add_config_arguments(p, cls, skip)
     p.set_defaults(func=func)
@@ -218,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     from galmorph.workflows.report import ReportConfig
     from galmorph.workflows.tune import RetrainConfig, TuneConfig
 
-    parser = _Parser(prog="galmorph", description="CNN galaxy morphology experiments, tracked in MLflow.")
+    # no abbreviated flags: `--epoch 3` must not silently mean `--epochs 3` (or whatever a new flag makes it)
+    parser = _Parser(prog="galmorph", description="CNN galaxy morphology experiments, tracked in MLflow.",
+                     allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"galmorph {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
@@ -233,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
              "Retrain the best trial of an Optuna study on train+validation for a fixed number of epochs, then "
              "evaluate once on the study's untouched test split.")
 
-    data = sub.add_parser("data", help="download, generate, prepare and inspect datasets", description="Dataset utilities.")
+    data = sub.add_parser("data", help="download, generate, prepare and inspect datasets", description="Dataset utilities.",
+                          allow_abbrev=False)
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION", parser_class=_Parser)
     p = _command(dsub, "download", None, cmd_data_download, "download Galaxy10 SDSS (210 MB, checksum-verified, resumable)",
                  "Download a dataset into the cache ($GALMORPH_CACHE or ~/.cache/galmorph).")

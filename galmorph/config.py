@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 
 from galmorph import backends
 from galmorph.core import acceleration, specs, training
@@ -213,6 +214,10 @@ class TrainConfig:
             raise GalmorphError(f"batchnorm applies to c1 only ({self.model} always has it); leave it at default")
         if self.batch_size % self.devices:
             raise GalmorphError(f"batch_size {self.batch_size} (the global batch) must be a multiple of devices {self.devices}")
+        for name in ("split_file", "schemes_file"):  # before any data is loaded or generated
+            path = getattr(self, name)
+            if path and not Path(path).expanduser().is_file():
+                raise GalmorphError(f"{name} {path} does not exist; check the path")
         augment.crop_size(69, self.crop_fraction)
         splits.check_fractions(self.val_fraction, self.test_fraction)
         check_experiment(self.experiment)

@@ -220,7 +220,11 @@ def explain_run(run_id: str, *, per_class: int = 3) -> dict:
 
     tracking.check_store()
     client = mlflow.MlflowClient()
-    run = client.get_run(run_id)
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise GalmorphError(f"no MLflow run {run_id!r} in the tracking store {tracking.redact(mlflow.get_tracking_uri())}; "
+                            "copy the run id from the MLflow UI, or set MLFLOW_TRACKING_URI to the store it is in") from None
     uri = run.data.tags.get("model_uri")
     if not uri:
         raise GalmorphError(f"run {run_id} logged no model (log_model was false); train it again with --log-model true")

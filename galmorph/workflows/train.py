@@ -44,7 +44,8 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
     run_tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset,
                 "scheme": config.scheme, **(extra_tags or {})}
     name = config.run_name or tags.run_name(config.model, config.backend, config.dataset)
-    with tracking.run(name, nested=nested, tags=run_tags, system_metrics=not nested) as active:
+    # no system-metrics thread for a run that only records a settings error
+    with tracking.run(name, nested=nested, tags=run_tags, system_metrics=not nested and problem is None) as active:
         if started is not None:
             started(active.info.run_id)
         if problem is not None:

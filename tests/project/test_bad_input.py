@@ -1,0 +1,206 @@
+"""Every bad input a one-line error and nothing lost: one table of bad settings, files and
+services across the commands, each run as a user would (`python -m galmorph ...`).
+
+Each case asserts: exit code 2; exactly one stderr line, and it starts `galmorph: error:`
+(after the MLflow start-up lines listed in ALLOWED); no traceback; a run that was started is
+FAILED with a `failure_reason`; nothing new in the cache or the working folder but the
+tracking store. Cases run two at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from conftest import child_env, make_h5
+
+# stderr lines that MLflow itself prints when it creates a new SQLite store; nothing else may
+# precede or follow galmorph's one line
+ALLOWED = ("INFO mlflow.store.db.utils", "INFO alembic.runtime.migration", "INFO mlflow.tracking.fluent",
+           "INFO mlflow.system_metrics")
+
+TRAIN = ["train", "--backend", "torch", "--epochs", "1", "--experiment", "bad"]
+
+
+def _files(tmp: Path) -> dict[str, Path]:
+    """The bad (and good) inputs the cases refer to as {name}."""
+    f = {"good": make_h5(tmp / "good.h5", n=60, size=48, n_classes=3)}  # 48 px: c2 fits its crop
+    (tmp / "text.h5").write_text("not an HDF5 file\n")
+    f["text"] = tmp / "text.h5"
+    with h5py.File(tmp / "noimages.h5", "w") as h:
+        h["ans"] = np.zeros(10, np.uint8)
+    f["noimages"] = tmp / "noimages.h5"
+    with h5py.File(tmp / "mismatch.h5", "w") as h:
+        h["images"] = np.zeros((10, 32, 32, 3), np.uint8)
+        h["ans"] = np.zeros(7, np.uint8)
+    f["mismatch"] = tmp / "mismatch.h5"
+    with h5py.File(tmp / "floatlabels.h5", "w") as h:
+        h["images"] = np.zeros((12, 32, 32, 3), np.uint8)
+        h["ans"] = np.linspace(0, 2.5, 12)
+    f["floatlabels"] = tmp / "floatlabels.h5"
+    with h5py.File(tmp / "hugelabel.h5", "w") as h:
+        h["images"] = np.zeros((12, 32, 32, 3), np.uint8)
+        h["ans"] = np.array([0, 1, 2] * 3 + [1_000_000_000] * 3, np.int64)
+    f["hugelabel"] = tmp / "hugelabel.h5"
+    with h5py.File(tmp / "twodim.h5", "w") as h:
+        h["images"] = np.zeros((12, 32, 32), np.uint8)
+        h["ans"] = np.arange(12) % 3
+    f["twodim"] = tmp / "twodim.h5"
+    (tmp / "list.json").write_text("[1, 2, 3]")
+    f["splitlist"] = tmp / "list.json"
+    (tmp / "norows.json").write_text(json.dumps({"format": "galmorph-split-1", "dataset_digest": "x"}))
+    f["splitnorows"] = tmp / "norows.json"
+    (tmp / "notjson.json").write_text("{ not json")
+    f["splitnotjson"] = tmp / "notjson.json"
+    f["splitoverlap"] = _split(tmp / "overlap.json", f["good"], overlap=True)
+    f["splitother"] = _split(tmp / "other.json", make_h5(tmp / "other.h5", n=60, size=48, n_classes=3, seed=9))
+    (tmp / "schemes_list.yaml").write_text(yaml.safe_dump([1, 2]))
+    f["schemeslist"] = tmp / "schemes_list.yaml"
+    (tmp / "schemes_entry.yaml").write_text(yaml.safe_dump({"good": ["not", "a", "mapping"]}))
+    f["schemesentry"] = tmp / "schemes_entry.yaml"
+    return f
+
+
+def _split(path: Path, h5: Path, overlap: bool = False) -> Path:
+    from galmorph.data import hdf5, splits
+
+    data = hdf5.read(h5)
+    split = splits.stratified(data.labels, val_fraction=0.2, test_fraction=0.2, seed=0)
+    if overlap:
+        split = splits.Split(split.train, np.concatenate([split.val, split.train[:3]]), split.test, split.seed,
+                             split.val_fraction, split.test_fraction)
+    from galmorph.data import registry
+
+    digest = registry.load(str(h5), "default").digest()
+    return splits.save(split, np.arange(len(data.labels)), path, dataset_digest=digest)
+
+
+# (id, argv with {file} placeholders, extra environment, what the one line must say)
+CASES = [
+    ("epochs-0", TRAIN + ["--epochs", "0"], {}, "epochs must be at least 1"),
+    ("batch-0", TRAIN + ["--batch-size", "0"], {}, "batch_size must be at least 1"),
+    ("lr-negative", TRAIN + ["--learning-rate", "-1"], {}, "learning_rate must be positive"),
+    ("lr-nan", TRAIN + ["--learning-rate", "nan"], {}, "learning_rate must be a finite number"),
+    ("width-nan", TRAIN + ["--width", "nan"], {}, "width must be a finite number"),
+    ("weight-decay-nan", TRAIN + ["--weight-decay", "nan"], {}, "weight_decay must be a finite number"),
+    ("seed-negative", TRAIN + ["--seed", "-1"], {}, "seed"),
+    ("threads-negative", TRAIN + ["--threads", "-1"], {}, "threads must be 0 or more"),
+    ("dropout-1.5", TRAIN + ["--dropout", "1.5"], {}, "dropout must be in [0, 1)"),
+    ("label-smoothing-1", TRAIN + ["--label-smoothing", "1"], {}, "label_smoothing must be in [0, 1)"),
+    ("batchnorm-c2", TRAIN + ["--batchnorm", "true"], {}, "batchnorm applies to c1 only"),
+    ("devices-split", TRAIN + ["--batch-size", "63", "--devices", "2"], {}, "multiple of devices"),
+    ("fractions", TRAIN + ["--val-fraction", "0.6", "--test-fraction", "0.5"], {}, "fraction"),
+    ("experiment-empty", TRAIN + ["--experiment", ""], {}, "experiment"),
+    ("model-c9", TRAIN + ["--model", "c9"], {}, "unknown model 'c9'"),
+    ("backend-jax", TRAIN + ["--backend", "jax"], {}, "invalid choice: 'jax'"),
+    ("band-z", TRAIN + ["--band", "z"], {}, "invalid choice: 'z'"),
+    ("optimizer-rmsprop", TRAIN + ["--optimizer", "rmsprop"], {}, "invalid choice: 'rmsprop'"),
+    ("epochs-not-int", TRAIN + ["--epochs", "x"], {}, "invalid int value: 'x'"),
+    ("abbreviated-flag", TRAIN + ["--epoch", "3"], {}, "unrecognized arguments: --epoch"),
+    ("unknown-flag", TRAIN + ["--colour", "blue"], {}, "unrecognized arguments: --colour"),
+    ("scheme-unknown", TRAIN + ["--dataset", "{good}", "--scheme", "sevenway"], {}, "unknown scheme 'sevenway'"),
+    ("dataset-missing", TRAIN + ["--dataset", "/nonexistent/x.h5"], {}, "does not exist"),
+    ("dataset-not-hdf5", TRAIN + ["--dataset", "{text}"], {}, "text.h5"),
+    ("dataset-no-images", TRAIN + ["--dataset", "{noimages}"], {}, "images"),
+    ("dataset-length-mismatch", TRAIN + ["--dataset", "{mismatch}"], {}, "mismatch.h5"),
+    ("dataset-float-labels", TRAIN + ["--dataset", "{floatlabels}"], {}, "label"),
+    ("dataset-huge-label", TRAIN + ["--dataset", "{hugelabel}"], {}, "label"),
+    ("dataset-2d-images", TRAIN + ["--dataset", "{twodim}"], {}, "twodim.h5"),
+    ("crop-too-small", TRAIN + ["--dataset", "{good}", "--crop-fraction", "0.4"], {}, "too small for c2"),
+    ("split-missing", TRAIN + ["--dataset", "{good}", "--split-file", "/nonexistent/splits.json"], {}, "split_file /nonexistent/splits.json does not exist"),
+    ("split-not-json", TRAIN + ["--dataset", "{good}", "--split-file", "{splitnotjson}"], {}, "not valid JSON"),
+    ("split-list", TRAIN + ["--dataset", "{good}", "--split-file", "{splitlist}"], {}, "split file"),
+    ("split-no-rows", TRAIN + ["--dataset", "{good}", "--split-file", "{splitnorows}"], {}, "split"),
+    ("split-overlap", TRAIN + ["--dataset", "{good}", "--split-file", "{splitoverlap}"], {}, "overlap"),
+    ("split-other-dataset", TRAIN + ["--dataset", "{good}", "--split-file", "{splitother}"], {}, "digest"),
+    ("schemes-missing", TRAIN + ["--schemes-file", "/nonexistent/s.yaml"], {}, "s.yaml does not exist"),
+    ("schemes-list", TRAIN + ["--dataset", "{good}", "--schemes-file", "{schemeslist}"], {}, "schemes_list.yaml"),
+    ("schemes-entry", TRAIN + ["--dataset", "{good}", "--schemes-file", "{schemesentry}"], {}, "schemes_entry.yaml"),
+    ("tune-sampler", ["tune", "--sampler", "grid"], {}, "invalid choice: 'grid'"),
+    ("tune-no-trials", ["tune", "--n-trials", "0"], {}, "give a timeout"),
+    ("tune-grace", ["tune", "--grace-period", "5", "--heartbeat-interval", "10"], {}, "must exceed heartbeat_interval"),
+    ("tune-space-missing", ["tune", "--search-space", "/nonexistent/space.yaml", "--storage", "sqlite:///{tmp}/o.db"],
+     {}, "space.yaml"),
+    ("tune-storage-secret", ["tune", "--storage", "postgresql://user@127.0.0.1:9/db?password=hunter2"], {},
+     "cannot open the Optuna storage"),
+    ("retrain-no-study", ["retrain", "--storage", "sqlite:///{tmp}/o.db"], {}, "study"),
+    ("retrain-unknown-study", ["retrain", "--study-name", "nope", "--storage", "sqlite:///{tmp}/o.db"], {}, "nope"),
+    ("multiseed-dupe-seeds", ["multiseed", "--backend", "torch", "--seeds", "0,0"], {}, "seeds"),
+    ("hierarchy-unknown-tree", ["hierarchy", "--backend", "torch", "--tree", "nosuch"], {}, "nosuch"),
+    ("explain-no-run-id", ["explain"], {}, "--run-id"),
+    ("explain-unknown-run", ["explain", "--run-id", "0123456789abcdef0123456789abcdef"], {}, "run"),
+    ("report-unknown-experiment", ["report", "--experiments", "nope", "--output", "{tmp}/report"], {}, "nope"),
+    ("report-bad-filter", ["report", "--experiments", "Default", "--filter", "tags.x ~~ 1", "--output", "{tmp}/r"],
+     {}, "filter"),
+    ("data-info-unknown", ["data", "info", "nosuch"], {}, "nosuch"),
+    ("data-download-unknown", ["data", "download", "nosuch"], {}, "invalid choice: 'nosuch'"),
+    ("prepare-workers-0", ["data", "prepare", "nair2010", "--workers", "0", "--out", "{tmp}/n.h5",
+                           "--cache-dir", "{tmp}/ncache"], {}, "workers"),
+    ("prepare-ftp", ["data", "prepare", "nair2010", "--cutout-url", "ftp://example.org/x", "--out", "{tmp}/n.h5",
+                     "--cache-dir", "{tmp}/ncache"], {}, "cutout_url"),
+]
+
+
+def _run_case(case, files, tmp_root: Path):
+    name, argv, env_extra, _ = case
+    tmp = tmp_root / name
+    (tmp / "work").mkdir(parents=True)
+    (tmp / "cache").mkdir()
+    shutil.copy(tmp_root / "template.db", tmp / "mlflow.db")  # an empty store: no schema migration per case
+    fmt = {**{k: str(v) for k, v in files.items()}, "tmp": str(tmp)}
+    args = [a.format(**fmt) for a in argv]
+    env = child_env({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "GALMORPH_CACHE": str(tmp / "cache"),
+                     **env_extra})
+    proc = subprocess.run([sys.executable, "-m", "galmorph", *args], cwd=tmp / "work", env=env, capture_output=True,
+                          text=True, timeout=300)
+    return tmp, proc
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    import mlflow
+
+    root = tmp_path_factory.mktemp("bad-input")
+    files = _files(root)
+    mlflow.MlflowClient(f"sqlite:///{root / 'template.db'}").search_experiments()  # creates the schema
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda c: _run_case(c, files, root), CASES))
+    return {case[0]: (case, tmp, proc) for case, (tmp, proc) in zip(CASES, results)}
+
+
+def test_the_table_covers_every_command():
+    assert len(CASES) >= 40
+    commands = {c[1][0] if c[1][0] != "data" else f"data {c[1][1]}" for c in CASES}
+    assert {"train", "tune", "retrain", "multiseed", "hierarchy", "explain", "report", "data info",
+            "data prepare"} <= commands
+
+
+@pytest.mark.parametrize("name", [c[0] for c in CASES])
+def test_bad_input_is_one_line_and_leaves_nothing(outcomes, name):
+    import mlflow
+
+    (_, argv, _, expected), tmp, proc = outcomes[name]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not any(a in ln for a in ALLOWED)]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("galmorph: error: "), proc.stderr[-3000:]
+    assert expected in lines[0], lines[0]
+    assert "hunter2" not in proc.stderr + proc.stdout
+    assert list((tmp / "cache").rglob("*")) == [], "the cache must stay empty"
+    assert [p for p in (tmp / "work").rglob("*") if p.is_file()] == [], "nothing written in the working folder"
+    store = tmp / "mlflow.db"
+    if store.exists():
+        client = mlflow.MlflowClient(f"sqlite:///{store}")
+        for exp in client.search_experiments():
+            for run in client.search_runs([exp.experiment_id]):
+                assert run.info.status == "FAILED", (run.info.run_name, run.info.status)
+                reason = run.data.tags.get("failure_reason", "")
+                assert reason and "hunter2" not in reason and "hunter2" not in json.dumps(run.data.params)
