@@ -112,9 +112,10 @@ def cmd_retrain(args) -> int:
 def cmd_data_download(args) -> int:
     from galmorph.data import registry
 
-    if args.name != "galaxy10":
-        raise GalmorphError(f"only galaxy10 is downloaded; {args.name}: {registry.DATASETS[args.name].how_to_get}")
-    print(registry.galaxy10_path(download=True, progress=not args.quiet))
+    record = registry.DATASETS[args.name]
+    if not record.urls:
+        raise GalmorphError(f"{args.name} is not downloaded; {record.how_to_get}")
+    print(registry.downloaded_path(record, download=True, progress=not args.quiet))
     return 0
 
 
@@ -126,11 +127,14 @@ def cmd_data_info(args) -> int:
     if args.dataset is None:
         for name in registry.names():
             rec = registry.DATASETS[name]
-            print(f"{name:10s} {rec.description}\n{'':10s} classes: {', '.join(rec.class_names)}; {rec.how_to_get}")
+            print(f"{name:15s} {rec.description}\n{'':15s} classes: {', '.join(rec.class_names)}; {rec.how_to_get}")
         return 0
     data = registry.load(args.dataset, args.scheme, schemes_file=args.schemes_file)
     counts = np.bincount(data.labels, minlength=len(data.class_names))
     print(f"{data.name}: {len(data)} images {data.images.shape[1:]} uint8, scheme {data.scheme}, digest {data.digest()}")
+    print(f"bands: {data.bands.survey}, channels {', '.join(data.bands.rgb)}; --band {', '.join(data.bands.choices)}")
+    if data.columns:
+        print(f"columns: {', '.join(data.columns)}")
     for name, n in zip(data.class_names, counts):
         print(f"  {name:28s} {n:6d}")
     print(f"schemes: {', '.join(schemes.names(data.key, args.schemes_file))}")
@@ -238,9 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="download, generate, prepare and inspect datasets", description="Dataset utilities.",
                           allow_abbrev=False)
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION", parser_class=_Parser)
-    p = _command(dsub, "download", None, cmd_data_download, "download Galaxy10 SDSS (210 MB, checksum-verified, resumable)",
+    p = _command(dsub, "download", None, cmd_data_download,
+                 "download Galaxy10 SDSS (210 MB) or Galaxy10 DECaLS (2.54 GB), checksum-verified, resumable",
                  "Download a dataset into the cache ($GALMORPH_CACHE or ~/.cache/galmorph).")
-    p.add_argument("name", choices=["galaxy10"], help="dataset to download")
+    p.add_argument("name", choices=[n for n in registry.names() if registry.DATASETS[n].urls], help="dataset to download")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p = _command(dsub, "info", None, cmd_data_info, "list datasets, or show one's classes under a scheme",
                  "Without a dataset, list the registered datasets.")

@@ -120,9 +120,10 @@ def check_choices(config) -> None:
 class TrainConfig:
     model: str = option("c2", "network: c1 or c2 (experiments/architectures.yaml)")
     backend: str = option("keras", "deep-learning backend", tuple(backends.BACKENDS))
-    dataset: str = option("synthetic", "galaxy10, synthetic, nair2010, or the path of a Galaxy10-format .h5 file")
+    dataset: str = option("synthetic", "galaxy10, galaxy10_decals, synthetic, nair2010, or the path of a Galaxy10-format .h5 file")
     scheme: str = option("default", "class scheme of experiments/schemes.yaml (native, 4way, phys449_4way, ...); default: the dataset's")
-    band: str = option("g", "SDSS band(s) fed to the network: g (the paper's), r, i (what PHYS449 used) or gri", bands.BANDS)
+    band: str = option("g", "band(s) fed to the network, among the dataset's: SDSS images g (the paper's), r, i (what PHYS449 used) or gri; Galaxy10 DECaLS g, r, z or grz", bands.ALL_BANDS)
+    image_size: int = option(0, "downsample the images on load to this side in pixels by area averaging (0 = native; e.g. 64 or 128 for the 256 px Galaxy10 DECaLS)")
     augment: str = option("random", "training augmentation: paper40 (all 40 views per epoch), random (one of the 40 per image and epoch) or none", augment.MODES)
     epochs: int = option(30, "maximum number of epochs (the paper: up to 100, with early stopping)")
     batch_size: int = option(64, "training batch size (the paper: 400 at 100x100)")
@@ -197,7 +198,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "synthetic_n", "devices"):
             if getattr(self, name) < 1:
                 raise GalmorphError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("seed", "patience", "max_images", "threads", "dense_units", "loader_workers", "prefetch"):
+        for name in ("seed", "patience", "max_images", "threads", "dense_units", "loader_workers", "prefetch", "image_size"):
             if getattr(self, name) < 0:
                 raise GalmorphError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if not self.learning_rate > 0:
@@ -218,7 +219,7 @@ class TrainConfig:
             path = getattr(self, name)
             if path and not Path(path).expanduser().is_file():
                 raise GalmorphError(f"{name} {path} does not exist; check the path")
-        augment.crop_size(69, self.crop_fraction)
+        augment.crop_size(self.image_size or 69, self.crop_fraction)
         splits.check_fractions(self.val_fraction, self.test_fraction)
         check_experiment(self.experiment)
         return self

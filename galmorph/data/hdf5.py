@@ -3,12 +3,15 @@
 The format (astroNN's Galaxy10): dataset `images`, uint8, (N, H, W, 3), the SDSS colour
 composite in RGB order (channel 0 = i, 1 = r, 2 = g); dataset `ans`, integer labels (N,);
 optionally an attribute `class_names` and per-galaxy datasets such as `id`/`objid`, `ra`,
-`dec`. Everything is checked on read, and each problem is a one-line GalmorphError.
+`dec`, `redshift`, `pxscale` (Galaxy10 DECaLS has these four; they are kept as columns).
+Galaxy10 DECaLS has the same layout with Legacy Surveys composites (channel 0 = z, 1 = r,
+2 = g; galmorph.data.bands). Everything is checked on read, and each problem is a one-line
+GalmorphError.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +19,10 @@ import numpy as np
 from galmorph.core.errors import GalmorphError
 from galmorph.core.io import atomic_path
 from galmorph.core.paths import cache_dir
-from galmorph.data import integrity
+from galmorph.data import integrity, resize
 
 ID_KEYS = ("id", "objid", "galaxy_id")
+COLUMNS = ("ra", "dec", "redshift", "pxscale")  # per-image values kept with the images (e.g. to look galaxies up by position)
 MAX_CLASSES = 1000  # more distinct labels than this are ids or measurements, not classes
 
 
@@ -30,10 +34,13 @@ class RawData:
     labels: np.ndarray  # int64 (N,)
     class_names: tuple[str, ...] | None
     ids: np.ndarray | None  # one id per galaxy (several images may share one), or None
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # COLUMNS the file has, one value per image
 
 
-def read(path: Path) -> RawData:
-    """Load and check a Galaxy10-format file. Images are read into memory (uint8).
+def read(path: Path, image_size: int = 0) -> RawData:
+    """Load and check a Galaxy10-format file. Images are read into memory (uint8); with
+    `image_size` (> 0) they are area-averaged to that side a chunk at a time as they are read,
+    so a 256 px file never sits in memory at full size (galmorph.data.resize).
 
     Every problem, a damaged file included, is a one-line GalmorphError naming the file.
     """
@@ -53,13 +60,15 @@ def read(path: Path) -> RawData:
         img_ds, ans_ds = _dataset(fh, "images", path), _dataset(fh, "ans", path)
         _check_shapes(img_ds, ans_ds, path)
         labels = _check_labels(_read(ans_ds, path), path)
-        images = _read(img_ds, path)
+        images = _read_images(img_ds, path, image_size)
         class_names = _class_names(fh, path)
         ids = None
         for key in ID_KEYS:
             if key in fh and isinstance(fh[key], h5py.Dataset) and fh[key].shape == (images.shape[0],):
                 ids = _read(fh[key], path)
                 break
+        columns = {key: _read(fh[key], path) for key in COLUMNS
+                   if key in fh and isinstance(fh[key], h5py.Dataset) and fh[key].shape == (images.shape[0],)}
     _check_images(images, path)
     if class_names is not None and labels.max() >= len(class_names):
         bad = np.unique(labels[labels >= len(class_names)])
@@ -67,7 +76,7 @@ def read(path: Path) -> RawData:
             f"{path}: label(s) {_some(bad)} are outside the file's {len(class_names)} class_names; "
             "fix the labels or the class_names attribute"
         )
-    return RawData(images, labels, class_names, ids)
+    return RawData(images, labels, class_names, ids, columns)
 
 
 def remedy(path: Path) -> str:
@@ -129,6 +138,24 @@ def _read(ds, path) -> np.ndarray:
             f"{path}: dataset `{ds.name.lstrip('/')}` cannot be read ({_first_line(exc)}): the file is damaged "
             f"or uses an HDF5 filter that is not installed; {remedy(path)}"
         ) from None
+
+
+def _read_images(ds, path, image_size: int) -> np.ndarray:
+    """`images`, downsampled to `image_size` (0 = native) chunk by chunk as they are read."""
+    native = ds.shape[1]
+    if not image_size or image_size == native:
+        return _read(ds, path)
+    resize.check_size(native, image_size, path)
+    out = np.empty((ds.shape[0], image_size, image_size, ds.shape[3]), np.uint8)
+    step = max(1, (1 << 26) // int(np.prod(ds.shape[1:])))  # about 64 MB of source images at a time
+    for start in range(0, ds.shape[0], step):
+        try:
+            chunk = np.asarray(ds[start : start + step])
+        except (OSError, ValueError, TypeError, RuntimeError) as exc:
+            raise GalmorphError(f"{path}: dataset `images` cannot be read ({_first_line(exc)}): the file is damaged "
+                                f"or uses an HDF5 filter that is not installed; {remedy(path)}") from None
+        out[start : start + step] = resize.downsample(chunk, image_size)
+    return out
 
 
 def _class_names(fh, path) -> tuple[str, ...] | None:

@@ -1,9 +1,12 @@
 """One record per dataset, and the one loader that turns any of them into a `Dataset`.
 
-A dataset is named (`galaxy10`, `synthetic`, `nair2010`) or given as the path of a
-Galaxy10-format HDF5 file. `load()` returns uint8 images untouched (band selection and
-augmentation happen per batch, so memory never grows with either), labels mapped through
-a class scheme, and each kept image's row in the source file.
+A dataset is named (`galaxy10`, `galaxy10_decals`, `synthetic`, `nair2010`) or given as
+the path of a Galaxy10-format HDF5 file. `load()` returns uint8 images untouched, or
+area-averaged to `image_size` (band selection and augmentation happen per batch, so memory
+never grows with either), labels mapped through a class scheme, each kept image's row in
+the source file, and the file's per-image columns (ra, dec, ...). Each record says which
+band each colour channel holds (galmorph.data.bands), so `--band` means the same band on
+SDSS and on Legacy Surveys images.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import numpy as np
 
 from galmorph.core.errors import GalmorphError
 from galmorph.core.paths import cache_dir
+from galmorph.data import bands, hdf5, integrity, schemes, synthetic
 from galmorph.data import download as dl
-from galmorph.data import hdf5, integrity, schemes, synthetic
 from galmorph.data.nair2010.params import manifest_path
 
 GALAXY10_CLASSES = (
@@ -34,6 +37,19 @@ GALAXY10_CLASSES = (
     "Disk, Face-on, Loose Spiral",
 )
 
+GALAXY10_DECALS_CLASSES = (
+    "Disturbed",
+    "Merging",
+    "Round Smooth",
+    "In-between Round Smooth",
+    "Cigar Shaped Smooth",
+    "Barred Spiral",
+    "Unbarred Tight Spiral",
+    "Unbarred Loose Spiral",
+    "Edge-on without Bulge",
+    "Edge-on with Bulge",
+)
+
 
 @dataclass(frozen=True)
 class DatasetRecord:
@@ -47,6 +63,8 @@ class DatasetRecord:
     sha256: str | None = None
     size_bytes: int | None = None
     how_to_get: str = ""
+    bands: bands.BandMap = bands.SDSS  # the band in each colour channel of the images
+    astronn_file: str = ""  # astroNN's cached copy under ~/.astroNN/datasets, reused when it verifies
 
 
 DATASETS: dict[str, DatasetRecord] = {
@@ -64,6 +82,24 @@ DATASETS: dict[str, DatasetRecord] = {
         sha256="969a6b1cefcc36e09fffa86febd2f699a4aa19b837ba0427f01b0bc6ded458af",
         size_bytes=210_234_548,
         how_to_get="run `galmorph data download galaxy10` (210 MB)",
+        astronn_file="Galaxy10.h5",
+    ),
+    "galaxy10_decals": DatasetRecord(
+        name="galaxy10_decals",
+        description="Galaxy10 DECaLS: 17,736 Galaxy Zoo galaxies, 10 classes, 256x256 grz colour from the DESI "
+                    "Legacy Imaging Surveys (Leung & Bovy, astroNN); columns ra, dec, redshift, pxscale",
+        source="https://zenodo.org/records/10845026",
+        image_shape=(256, 256, 3),
+        class_names=GALAXY10_DECALS_CLASSES,
+        filename="Galaxy10_DECals.h5",
+        # Zenodo only: the dataset page's older University of Toronto link is not in REFERENCE.md
+        # (galaxy10 keeps its fallback because that one is). The size is not published to the byte
+        # ("2.54 GB"), so only the SHA256 (from the dataset page, henrysky/Galaxy10) is checked.
+        urls=("https://zenodo.org/records/10845026/files/Galaxy10_DECals.h5?download=1",),
+        sha256="19aefc477c41bb7f77ff07599a6b82a038dc042f889a111b0d4d98bb755c1571",
+        how_to_get="run `galmorph data download galaxy10_decals` (2.54 GB)",
+        bands=bands.LEGACY,
+        astronn_file="Galaxy10_DECals.h5",
     ),
     "synthetic": DatasetRecord(
         name="synthetic",
@@ -85,17 +121,21 @@ DATASETS: dict[str, DatasetRecord] = {
     ),
 }
 
-ASTRONN_GALAXY10 = Path.home() / ".astroNN" / "datasets" / "Galaxy10.h5"
+ASTRONN_DIR = Path.home() / ".astroNN" / "datasets"
+ASTRONN_GALAXY10 = ASTRONN_DIR / "Galaxy10.h5"
+ASTRONN_GALAXY10_DECALS = ASTRONN_DIR / "Galaxy10_DECals.h5"
 
 
 @dataclass
 class Dataset:
     """Images and labels ready for splitting.
 
-    images: uint8 (N, H, W, 3), SDSS colour-composite order (i, r, g);
+    images: uint8 (N, H, W, 3), colour composites whose channel order `bands` gives (SDSS:
+    i, r, g; Legacy Surveys: z, r, g);
     labels: int64 (N,) in 0..len(class_names)-1 after the class scheme;
     rows: int64 (N,), each image's row in the source file (stable across schemes);
-    groups: (N,) galaxy ids (several images of one galaxy share one) or None.
+    groups: (N,) galaxy ids (several images of one galaxy share one) or None;
+    columns: the file's per-image values (ra, dec, redshift, pxscale where it has them), (N,) each.
     """
 
     name: str
@@ -109,6 +149,8 @@ class Dataset:
     groups: np.ndarray | None = None
     scheme: str = "native"
     meta: dict = field(default_factory=dict)
+    bands: bands.BandMap = bands.SDSS
+    columns: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -133,7 +175,8 @@ class Dataset:
         return Dataset(
             self.name, self.key, self.path, self.images[keep], self.labels[keep], self.rows[keep],
             self.class_names, self.native_class_names,
-            None if self.groups is None else self.groups[keep], self.scheme, dict(self.meta),
+            None if self.groups is None else self.groups[keep], self.scheme, dict(self.meta), self.bands,
+            {k: v[keep] for k, v in self.columns.items()},
         )
 
 
@@ -151,8 +194,8 @@ def resolve_path(dataset: str, *, download: bool = True, synthetic_n: int = 2000
 
             path = synthetic.load_or_generate(synthetic_n, synthetic_size, seed=seed, noise=synthetic_noise)
             return Path(path), record
-        if dataset == "galaxy10":
-            return galaxy10_path(download=download, progress=progress), record
+        if record.urls:
+            return downloaded_path(record, download=download, progress=progress), record
         path = cache_dir() / record.filename
         if not path.is_file():
             raise GalmorphError(f"dataset {dataset} is not prepared yet ({path} is missing); {record.how_to_get}")
@@ -188,16 +231,29 @@ def _check_prepared(path: Path, record: DatasetRecord) -> None:
 
 
 def galaxy10_path(download: bool = True, progress: bool = True) -> Path:
-    """Galaxy10.h5: astroNN's cached copy if it verifies, else galmorph's cache, downloading if
-    needed. A copy that fails its SHA256 is never used: galmorph's own is downloaded again.
-    Each copy is hashed once per file version (galmorph.data.integrity); the stamp of
-    astroNN's copy is kept in galmorph's cache, not in astroNN's folder."""
+    """Galaxy10.h5 (see `downloaded_path`)."""
+    return downloaded_path(DATASETS["galaxy10"], download=download, progress=progress)
 
-    record = DATASETS["galaxy10"]
+
+def astronn_copy(record: DatasetRecord) -> Path | None:
+    """Where astroNN caches `record`'s file (looked up at call time, so tests can move it)."""
+    if not record.astronn_file:
+        return None
+    named = {"Galaxy10.h5": ASTRONN_GALAXY10, "Galaxy10_DECals.h5": ASTRONN_GALAXY10_DECALS}
+    return named.get(record.astronn_file, ASTRONN_DIR / record.astronn_file)
+
+
+def downloaded_path(record: DatasetRecord, download: bool = True, progress: bool = True) -> Path:
+    """A downloadable dataset's file: astroNN's cached copy if it verifies, else galmorph's
+    cache, downloading if needed. A copy that fails its SHA256 is never used: galmorph's own
+    is downloaded again. Each copy is hashed once per file version (galmorph.data.integrity);
+    the stamp of astroNN's copy is kept in galmorph's cache, not in astroNN's folder."""
+
+    theirs = astronn_copy(record)
     astronn_sidecar = cache_dir() / ("astronn-" + record.filename + integrity.SUFFIX)
-    if ASTRONN_GALAXY10.is_file() and integrity.check(ASTRONN_GALAXY10, record.sha256, record.size_bytes,
-                                                      sidecar=astronn_sidecar) is None:
-        return ASTRONN_GALAXY10
+    if theirs is not None and theirs.is_file() and integrity.check(theirs, record.sha256, record.size_bytes,
+                                                                 sidecar=astronn_sidecar) is None:
+        return theirs
     dest = cache_dir() / record.filename
     problem = integrity.check(dest, record.sha256, record.size_bytes) if dest.is_file() else None
     if dest.is_file() and problem is None:
@@ -206,17 +262,24 @@ def galaxy10_path(download: bool = True, progress: bool = True) -> Path:
         if problem is not None:
             raise GalmorphError(f"the downloaded {dest} is damaged ({problem}) and is not used; "
                                 f"download it again: {record.how_to_get}")
-        raise GalmorphError(f"Galaxy10 is not downloaded yet; {record.how_to_get}")
+        raise GalmorphError(f"{record.name} is not downloaded yet; {record.how_to_get}")
     path = dl.fetch(record.urls, dest, record.sha256, size=record.size_bytes, progress=progress)
     integrity.remember(path, record.sha256)  # fetch verified it in full
     return path
 
 
-def load(dataset: str, scheme: str = "default", *, schemes_file: str | None = None, **resolve_kwargs) -> Dataset:
-    """Load `dataset` and apply class scheme `scheme` (dropping the classes it leaves out)."""
+def band_map(dataset: str) -> bands.BandMap:
+    """The bands of `dataset`'s colour channels: its record's, SDSS for a Galaxy10-format file."""
+    return DATASETS[dataset].bands if dataset in DATASETS else bands.SDSS
+
+
+def load(dataset: str, scheme: str = "default", *, schemes_file: str | None = None, image_size: int = 0,
+         **resolve_kwargs) -> Dataset:
+    """Load `dataset` and apply class scheme `scheme` (dropping the classes it leaves out);
+    `image_size` > 0 area-averages the images to that side as they are read."""
 
     path, record = resolve_path(dataset, **resolve_kwargs)
-    raw = hdf5.read(path)
+    raw = hdf5.read(path, image_size=image_size)
     native_labels = raw.labels  # 0..len(native)-1
     label_values = None  # the file's label of each native class, where they are not 0..K-1 by declaration
     if record is not None:
@@ -248,5 +311,6 @@ def load(dataset: str, scheme: str = "default", *, schemes_file: str | None = No
     return Dataset(
         name=record.name if record else str(path), key=key, path=path, images=images, labels=labels,
         rows=rows, class_names=sch.class_names, native_class_names=tuple(native), groups=groups,
-        scheme=sch.name,
+        scheme=sch.name, bands=record.bands if record else bands.SDSS,
+        columns={k: (v if keep.all() else v[keep]) for k, v in raw.columns.items()},
     )

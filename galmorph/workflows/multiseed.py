@@ -175,7 +175,7 @@ def _child(mlflow, parent, seed: int):
 
 
 def _load(config: TrainConfig, scheme: str):
-    return registry.load(config.dataset, scheme, schemes_file=config.schemes_file or None,
+    return registry.load(config.dataset, scheme, schemes_file=config.schemes_file or None, image_size=config.image_size,
                          synthetic_n=config.synthetic_n, synthetic_noise=config.synthetic_noise, seed=SYNTHETIC_DATA_SEED)
 
 

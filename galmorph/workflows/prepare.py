@@ -14,7 +14,8 @@ import numpy as np
 
 from galmorph.config import TrainConfig
 from galmorph.core import training
-from galmorph.data import augment, bands, registry, splits
+from galmorph.core.errors import GalmorphError
+from galmorph.data import augment, registry, resize, splits
 
 SYNTHETIC_DATA_SEED = 0  # the synthetic images stay the same whatever the training seed
 SUBSET_SEED = 0  # likewise the max_images subset: seeds vary the split and the weights only
@@ -29,6 +30,19 @@ class Prepared:
     maker: augment.BatchMaker
 
 
+def check_data_settings(config: TrainConfig) -> None:
+    """The settings that depend on the dataset, checked against its record before any data is
+    read: `band` among its bands (never SDSS's channel order on Legacy Surveys images), and
+    `image_size` no larger than its images. Files given by path are checked on load."""
+    bandmap = registry.band_map(config.dataset)
+    if config.band not in bandmap.choices:
+        raise GalmorphError(f"invalid choice: {config.band!r} for band with dataset {config.dataset} "
+                            f"({bandmap.survey} images); choose one of {', '.join(bandmap.choices)}")
+    record = registry.DATASETS.get(config.dataset)
+    if record is not None and config.dataset != "synthetic":  # synthetic images are as large as asked for
+        resize.check_size(record.image_shape[0], config.image_size, config.dataset)
+
+
 def prepare(config: TrainConfig, *, merge_val_into_train: bool = False) -> Prepared:
     """Load the dataset, apply scheme and max_images, make (or reuse) the split.
 
@@ -36,8 +50,9 @@ def prepare(config: TrainConfig, *, merge_val_into_train: bool = False) -> Prepa
     galmorph.workflows.tune.retrain); the test split is unchanged, and the validation images stay as
     the split's `val`, so the run's val_* metrics are then measured on trained-on images.
     """
+    check_data_settings(config)
     data = registry.load(
-        config.dataset, config.scheme, schemes_file=config.schemes_file or None,
+        config.dataset, config.scheme, schemes_file=config.schemes_file or None, image_size=config.image_size,
         synthetic_n=config.synthetic_n, synthetic_noise=config.synthetic_noise, seed=SYNTHETIC_DATA_SEED,
     )
     if config.max_images:
@@ -51,7 +66,7 @@ def prepare(config: TrainConfig, *, merge_val_into_train: bool = False) -> Prepa
         import dataclasses
 
         split = dataclasses.replace(split, train=np.sort(np.concatenate([split.train, split.val])))
-    maker = augment.BatchMaker(data.images, bands.channels(config.band), config.crop_fraction)
+    maker = augment.BatchMaker(data.images, data.bands.channels(config.band), config.crop_fraction)
     return Prepared(data, split, maker)
 
 

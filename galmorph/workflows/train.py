@@ -18,7 +18,7 @@ from galmorph.data import augment, registry
 from galmorph.tracking import artifacts, tags
 from galmorph.tracking import figures as plots
 from galmorph.workflows import explain
-from galmorph.workflows.prepare import Prepared, hyper_from, prepare, train_stream
+from galmorph.workflows.prepare import Prepared, check_data_settings, hyper_from, prepare, train_stream
 
 
 def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, nested: bool = False,
@@ -38,7 +38,7 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
     launched = _data_parallel(config)
     if launched is not None:
         return launched
-    problem = tracking.validated(config.validate)
+    problem = tracking.validated(lambda: check_data_settings(config.validate()))
     tracking.configure(config.experiment)
     import mlflow  # after the settings are checked: importing it takes seconds
     run_tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset,
@@ -64,7 +64,7 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None) -> dict:
     tracking.log_params({
         "dataset_name": data.name, "dataset_digest": digest, "dataset_path": str(data.path),
         "scheme_resolved": data.scheme, "class_names": ",".join(data.class_names), "n_classes": len(data.class_names),
-        "image_size": data.image_size, "input_shape": "x".join(map(str, spec.input_shape)),
+        "image_size_loaded": data.image_size, "input_shape": "x".join(map(str, spec.input_shape)),
         "n_train": split.train.size, "n_val": split.val.size, "n_test": split.test.size,
         "spec_trainable_params": spec.trainable_params, "spec_total_params": spec.total_params,
         "flatten_size": spec.flatten_size,
