@@ -133,7 +133,7 @@ class TrainConfig:
     max_images: int = option(0, "use a stratified subset of at most this many images (0 = all); each class keeps at least 3 images, so fewer than 3 per class (12 for 4 classes) is an error")
     val_fraction: float = option(0.15, "fraction of galaxies in the validation split")
     test_fraction: float = option(0.15, "fraction of galaxies in the test split")
-    crop_fraction: float = option(100 / 110, "side of the crops relative to the image (the paper: 100 of 110 px)")
+    crop_fraction: float = option(100 / 110, "side of the crops relative to the image (100 of 110 px, as PHYS449 rebuilt the paper's crops)")
     optimizer: str = option("adam", "optimiser", training.OPTIMIZERS)
     weight_decay: float = option(0.0, "decoupled weight decay (AdamW-style) for any optimiser")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss")

@@ -1,8 +1,9 @@
 """Augmented float32 batches produced on the fly from uint8 images.
 
 The paper's 40 views of a cutout: 5 crops (centre + 4 corners) x 4 rotations by 90 degrees
-x 2 (mirrored or not). The crop keeps `crop_fraction` of the side (the paper: 100 of 110
-pixels; 0.909 of 69 is 63). View 0 is the plain centre crop, the evaluation view.
+x 2 (mirrored or not). The crop keeps `crop_fraction` of the side (100 of 110 pixels, as the
+PHYS449 reproduction rebuilt the paper's crops, not a figure quoted from the paper; 0.909 of
+69 is 63). View 0 is the plain centre crop, the evaluation view.
 
 Every view is a fixed permutation of pixel positions, so a batch is ONE gather from the
 uint8 array (images never get copied per view and memory does not grow with the number
@@ -24,7 +25,7 @@ import numpy as np
 from galmorph.core.errors import GalmorphError
 
 MODES = ("paper40", "random", "none")
-PAPER_CROP_FRACTION = 100 / 110
+PAPER_CROP_FRACTION = 100 / 110  # PHYS449's 100 px crops of 110 px cutouts (module docstring)
 N_CROPS, N_ROTATIONS, N_MIRRORS = 5, 4, 2
 N_VIEWS = N_CROPS * N_ROTATIONS * N_MIRRORS
 

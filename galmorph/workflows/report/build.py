@@ -16,7 +16,7 @@ import numpy as np
 from galmorph import __version__, tracking
 from galmorph.tracking import figures as plots
 from galmorph.workflows.multiseed import aggregate
-from galmorph.workflows.report.collect import Group, copy_explain, matches, references, slug, stem
+from galmorph.workflows.report.collect import Group, copy_explain, matches, references, slug, source_name, stem
 from galmorph.workflows.report.config import ReportConfig
 
 
@@ -60,8 +60,8 @@ def accuracy_section(groups: list[Group], refs: dict) -> list[tuple]:
         m = g.metrics()
         rows.append([stem(g.dataset), g.scheme, g.kind, g.model, g.backend, f"{len(g.runs)} ({','.join(g.seeds())})",
                      _pm(m, "test_accuracy"), _pm(m, "test_balanced_accuracy"), _pm(m, "test_macro_f1"),
-                     "; ".join(_ref_text(r) for r in matches(refs, "paper", g)) or "-",
-                     "; ".join(_ref_text(r) for r in matches(refs, "phys449", g)) or "-"])
+                     "; ".join(_ref_text(refs, r) for r in matches(refs, "paper", g)) or "-",
+                     "; ".join(_ref_text(refs, r) for r in matches(refs, "phys449", g)) or "-"])
     blocks: list[tuple] = [("h2", "Test accuracy"),
                            ("table", ["dataset", "scheme", "kind", "model", "backend", "runs (seeds)", "test accuracy",
                                       "balanced accuracy", "macro F1", "paper", "PHYS449"], rows)]
@@ -140,7 +140,7 @@ def timing_section(groups: list[Group], refs: dict, fig_dir: Path) -> list[tuple
                    "first epoch (s)", "steady epoch (s)", "train img/s", "inference img/s"], table),
         ("p", "The first epoch includes graph building and warm-up; steady = the mean of the later epochs "
               "(training part only, validation excluded). " + "; ".join(
-                  f"{t['label']}: {t['value_s_per_epoch']} s per epoch ({t['note']})"
+                  f"{t['label']}: {t['value_s_per_epoch']} s per epoch ({t['note']}) [{source_name(refs, t)}]"
                   for t in refs.get("timing") or []) + "."),
     ]
     p = timing_figure(timing_rows, fig_dir / "timing.png")
@@ -172,15 +172,16 @@ def saliency_section(groups: list[Group], client, fig_dir: Path) -> list[tuple]:
 
 
 def references_section(refs: dict) -> list[tuple]:
-    """Every reference number with the data set it was measured on, and the sources."""
+    """Every reference number with where it was published and the data set it was measured on."""
     rows = []
-    for source in ("paper", "phys449"):
-        for ref in refs.get(source) or []:
-            rows.append([source, ref["label"], f"{'> ' if ref.get('relation') == '>' else ''}{100 * ref['value']:.1f} %",
-                         str(ref.get("dataset", "")), ref.get("note", "")])
+    for group in ("paper", "phys449"):
+        for ref in refs.get(group) or []:
+            rows.append([source_name(refs, ref), ref["label"], _value(ref), str(ref.get("dataset", "")), ref.get("note", "")])
+    cites = [f"**{src.get('short', key)}**: {' '.join(str(src.get('cite', '')).split())}."
+             for key, src in (refs.get("sources") or {}).items()]
     return [("h2", "Reference numbers"),
             ("table", ["source", "result", "test accuracy", "measured on", "note"], rows),
-            ("p", " ".join(f"**{k}**: {' '.join(str(v).split())}." for k, v in (refs.get("sources") or {}).items()))]
+            ("p", " ".join(cites))]
 
 
 def runs_section(groups: list[Group]) -> list[tuple]:
@@ -249,9 +250,13 @@ def timing_figure(rows: list[dict], path: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------------------ text
-def _ref_text(ref: dict) -> str:
-    rel = "> " if ref.get("relation") == ">" else ""
-    return f"{rel}{100 * ref['value']:.1f} % ({ref['label']}; {ref['dataset']})"
+def _value(ref: dict) -> str:
+    return f"{'> ' if ref.get('relation') == '>' else ''}{100 * ref['value']:.1f} %"
+
+
+def _ref_text(refs: dict, ref: dict) -> str:
+    """`81.0 % (C2 4-way; nair2010) [paper abstract]`: value, result, where measured, where published."""
+    return f"{_value(ref)} ({ref['label']}; {ref['dataset']}) [{source_name(refs, ref)}]"
 
 
 def _pm(m: dict, key: str, digits: int | None = None) -> str:

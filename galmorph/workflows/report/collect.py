@@ -8,6 +8,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from galmorph.core.errors import GalmorphError
@@ -155,17 +156,34 @@ def references() -> dict:
 
 
 def matches(refs: dict, source: str, g: Group) -> list[dict]:
-    """Reference results of `source` (paper, phys449) for the kind, classes and model of `g`."""
+    """Reference results of `source` (paper, phys449) for the kind, classes and model of `g`.
+
+    A result with `classes` matches that class set; one without (measured on other data,
+    like the paper's Galaxy Zoo check) matches groups with `n_classes` classes on a data set
+    named by one of its `datasets` patterns."""
     aliases = refs.get("aliases") or {}
     canon = lambda names: frozenset(str(aliases.get(n, n)) for n in names)  # noqa: E731
     mine = canon(g.class_names)
     out = []
     for ref in refs.get(source) or []:
-        if ref.get("classes") is None or ref.get("kind") != g.kind:
+        kinds = ref.get("kind")
+        if g.kind not in (kinds if isinstance(kinds, list) else [kinds]):
             continue
-        if canon(ref["classes"]) == mine and ref.get("model", "any") in ("any", g.model):
+        if ref.get("model", "any") not in ("any", g.model):
+            continue
+        if ref.get("classes") is not None:
+            if canon(ref["classes"]) == mine:
+                out.append(ref)
+        elif ref.get("n_classes") == len(g.class_names) and any(
+                fnmatchcase(stem(g.dataset), str(pattern)) for pattern in ref.get("datasets") or []):
             out.append(ref)
     return out
+
+
+def source_name(refs: dict, ref: dict) -> str:
+    """The short name of where `ref` was published (its `source` key in `sources`)."""
+    src = (refs.get("sources") or {}).get(ref.get("source"), {})
+    return str(src.get("short") or ref.get("source") or "?")
 
 
 # ------------------------------------------------------------------------------ names
