@@ -28,7 +28,7 @@ from galmorph.data import registry, schemes
 from galmorph.tracking.tags import KIND, PARENT, RUN_NAME, run_name
 from galmorph.workflows import hierarchy as hier
 from galmorph.workflows import train
-from galmorph.workflows.prepare import SYNTHETIC_DATA_SEED
+from galmorph.workflows.prepare import SYNTHETIC_DATA_SEED, check_data_settings
 
 
 @dataclass
@@ -84,7 +84,7 @@ def run(config: TrainConfig, seeds: list[int], *, hierarchy: str | None = None, 
     """Train `config` once per seed as nested runs of one parent run; return the aggregates."""
 
     def check():
-        config.validate()
+        check_data_settings(config.validate())
         if not seeds:
             raise GalmorphError("no seeds given; pass --seeds 3 or --seeds 0,1,2")
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from galmorph.config import TrainConfig, build, check_choices, nested, option
 from galmorph.core.errors import GalmorphError
 from galmorph.tracking.tags import run_name
+from galmorph.workflows.prepare import check_data_settings
 
 SAMPLERS = ("tpe", "random", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
@@ -81,7 +82,7 @@ class TuneConfig:
         if self.grace_period and self.grace_period <= self.heartbeat_interval:
             raise GalmorphError(f"grace_period ({self.grace_period} s) must exceed heartbeat_interval "
                                 f"({self.heartbeat_interval} s), or a live trial would be failed")
-        self.train_config().validate()
+        check_data_settings(self.train_config().validate())
         return self
 
 
