@@ -23,6 +23,7 @@ from galmorph.core.errors import GalmorphError
 from galmorph.data import augment, bands, splits
 from galmorph.tracking import check_experiment
 
+FREEZE = ("none", "conv")
 TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
@@ -158,6 +159,8 @@ class TrainConfig:
     prefetch: int = option(4, "batches made ahead of the training step (0 = make each batch when the step needs it)")
     pin_memory: str = option("auto", "page-locked batches copied to the GPU on a side stream, overlapping compute (PyTorch); auto = with a GPU", acceleration.SWITCH)
     devices: int = option(1, "devices to train on, data-parallel (PyTorch: DistributedDataParallel, one torchrun process per device; Keras: tf.distribute.MirroredStrategy); batch_size is the global batch. On a machine without GPUs, N CPU replicas (for testing)")
+    init_from: str = option("", "start from the weights of a logged galmorph model: a run id, runs:/<id>/model, models:/NAME/VERSION or models:/NAME@ALIAS (same backend and network; a different class count needs --freeze conv, which re-initialises the output layer)")
+    freeze: str = option("none", "with init_from: none (fine-tune every layer) or conv (train only the dense head; convolutions and batch normalisation keep the source's weights)", FREEZE)
     experiment: str = option("galmorph", "MLflow experiment name for runs started outside `mlflow run`", mlproject=False)
     run_name: str = option("", "MLflow run name (default: <model>-<backend>-<dataset>)", mlproject=False)
 
@@ -215,6 +218,10 @@ class TrainConfig:
             raise GalmorphError(f"batchnorm applies to c1 only ({self.model} always has it); leave it at default")
         if self.batch_size % self.devices:
             raise GalmorphError(f"batch_size {self.batch_size} (the global batch) must be a multiple of devices {self.devices}")
+        if self.freeze != "none" and not self.init_from:
+            raise GalmorphError(f"freeze {self.freeze} needs init_from (a logged model to start from); pass --init-from RUN")
+        if self.init_from and self.devices > 1:
+            raise GalmorphError("init_from trains on one device; drop --devices or train from scratch")
         for name in ("split_file", "schemes_file"):  # before any data is loaded or generated
             path = getattr(self, name)
             if path and not Path(path).expanduser().is_file():

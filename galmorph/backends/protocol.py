@@ -29,6 +29,11 @@ class Backend(Protocol):
     def build(self, spec: NetworkSpec, hyper: Hyper | None = None) -> Any:
         """The framework model of `spec` (float32 NHWC in, probabilities or logits out)."""
 
+    def load_weights(self, model: Any, uri: str, freeze: str = "none") -> list[str]:
+        """Copy into `model` the weights of every layer of the model logged at `uri` whose shapes
+        match; with freeze "conv" the convolutions and batch normalisation then stay fixed in
+        training. Returns the layers left as built (shapes differ, e.g. another class count)."""
+
     def count_params(self, model: Any) -> tuple[int, int]:
         """(trainable, total) parameters, counted as Keras counts them."""
 

@@ -17,7 +17,7 @@ from galmorph.core import metrics, specs, system, training
 from galmorph.data import augment, registry
 from galmorph.tracking import artifacts, tags
 from galmorph.tracking import figures as plots
-from galmorph.workflows import explain
+from galmorph.workflows import explain, finetune
 from galmorph.workflows.prepare import Prepared, check_data_settings, hyper_from, prepare, train_stream
 
 
@@ -55,10 +55,12 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
 
 def _run(config, active, prepared, trial, mlflow, after_fit=None) -> dict:
     tracking.log_params({**config.to_dict(), **{f"version_{k}": v for k, v in system.library_versions().items()}})
+    source = finetune.resolve(config.init_from) if config.init_from else None  # an unknown model: before the data
     t_data = time.perf_counter()
     prepared = prepared or prepare(config)
     data, split, maker = prepared.data, prepared.split, prepared.maker
     spec = specs.resolve(config.model, maker.input_shape, len(data.class_names), **config.arch_kwargs())
+    new_output = finetune.check(source, config, spec) if source else False
     digest = data.digest()
     mlflow.set_tags({"scheme": data.scheme, "dataset_digest": digest})
     tracking.log_params({
@@ -82,6 +84,9 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None) -> dict:
     trainable, total = backend.count_params(model)
     if trainable != spec.trainable_params:
         raise RuntimeError(f"{config.backend} built {trainable} trainable parameters, the spec has {spec.trainable_params}")
+    if source:
+        finetune.start(backend, model, source, config, spec, new_output)
+        trainable, total = backend.count_params(model)  # frozen layers no longer count as trainable
     mlflow.log_metrics({"trainable_params": trainable, "total_params": total, "data_prep_time_s": data_time})
 
     labels = data.labels

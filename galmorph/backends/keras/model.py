@@ -52,3 +52,26 @@ def count_params(model: keras.Model) -> tuple[int, int]:
     trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
     return trainable, int(model.count_params())
 
+
+
+def load_weights(model: keras.Model, uri: str, freeze: str = "none") -> list[str]:
+    """Copy the weights of the keras.Model logged at `uri` layer by layer (same layer names:
+    both were built from specs); layers whose shapes differ are left as built and returned.
+    freeze "conv": convolutions and batch normalisation untrainable (BN then runs in inference mode)."""
+    import mlflow
+
+    source = {layer.name: layer for layer in mlflow.keras.load_model(uri).layers}
+    kept = []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        src = source.get(layer.name)
+        values = src.get_weights() if src is not None else []
+        if [tuple(v.shape) for v in values] != [tuple(w.shape) for w in layer.weights]:
+            kept.append(layer.name)
+            continue
+        layer.set_weights(values)
+    for layer in model.layers:
+        if freeze == "conv" and isinstance(layer, (keras.layers.Conv2D, keras.layers.BatchNormalization)):
+            layer.trainable = False
+    return kept

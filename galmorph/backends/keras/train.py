@@ -212,7 +212,8 @@ def _tf_requirement() -> str:
 def recalibrate_bn(model: keras.Model, batches) -> None:
     """Re-estimate every BatchNormalization's moving statistics as the plain average over
     `batches` (NHWC float32 arrays) with the current weights (training.BN_RECALIBRATION_BATCHES)."""
-    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    bns = [layer for layer in model.layers  # frozen ones (fine-tuning) keep the source's statistics
+           if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
     if not bns:
         return
     momenta = [layer.momentum for layer in bns]

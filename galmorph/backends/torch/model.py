@@ -69,6 +69,14 @@ class Probabilities(nn.Module):
         return torch.softmax(self.net(x), dim=1)
 
 
+class FrozenBatchNorm2d(nn.BatchNorm2d):
+    """Batch normalisation that stays in inference mode (its running statistics fixed) when the
+    network trains, as a frozen Keras BatchNormalization does."""
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+
 def build(spec: NetworkSpec, hyper=None) -> Net:
     net = Net(spec)
     wanted = hyper.channels_last if hyper is not None else "auto"
@@ -87,3 +95,27 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     buffers = sum(b.numel() for name, b in model.named_buffers() if not name.endswith("num_batches_tracked"))
     return trainable, trainable + buffers
 
+
+
+def load_weights(model: nn.Module, uri: str, freeze: str = "none") -> list[str]:
+    """Copy the weights of the network logged at `uri` tensor by tensor (same module names: both
+    were built from specs); modules whose shapes differ are left as built and returned.
+    freeze "conv": convolutions and batch normalisation get no gradients, BN its running statistics."""
+    from galmorph.backends.torch.explain import load_logged_model
+
+    source = load_logged_model(uri).state_dict()
+    state = model.state_dict()
+    kept = sorted({key.rsplit(".", 1)[0] for key, t in state.items()
+                   if key not in source or source[key].shape != t.shape})
+    with torch.no_grad():
+        for key, t in state.items():
+            if key.rsplit(".", 1)[0] not in kept:
+                t.copy_(source[key])
+    if freeze == "conv":
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
+                m.requires_grad_(False)
+            if type(m) is nn.BatchNorm2d:
+                m.__class__ = FrozenBatchNorm2d  # same state, only train() differs
+                m.eval()
+    return kept

@@ -18,7 +18,7 @@ from torch import nn
 
 from galmorph.backends.torch import distributed
 from galmorph.backends.torch.device import AUTOCAST_DTYPES, device, replica, settings
-from galmorph.backends.torch.model import Probabilities, set_channels_last
+from galmorph.backends.torch.model import FrozenBatchNorm2d, Probabilities, set_channels_last
 from galmorph.core import acceleration, training
 from galmorph.data import pipeline
 
@@ -27,7 +27,7 @@ def _optimizer(model: nn.Module, hyper: training.Hyper):
     # Weight decay is applied decoupled by hand in fit() (as Keras does for every optimiser),
     # so the optimisers themselves get none.
     lr = hyper.learning_rate
-    params = list(model.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen layers (fine-tuning) stay as loaded
     fused = all(p.is_cuda for p in params)  # one kernel for the whole update; same arithmetic
     if hyper.optimizer in ("adam", "adamw"):
         return torch.optim.Adam(params, lr=lr, betas=training.ADAM_BETAS, eps=training.ADAM_EPSILON, fused=fused)
@@ -61,7 +61,7 @@ class _Trainer:
             net = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
         self.net = torch.compile(net) if s.compile else net
         self.opt = _optimizer(self.model, hyper)
-        self.params = list(self.model.parameters())
+        self.params = [p for p in self.model.parameters() if p.requires_grad]  # no decay of frozen layers
         self.decay = 1 - hyper.learning_rate * hyper.weight_decay if hyper.weight_decay else None
         self.weight = torch.tensor(hyper.class_weight, dtype=torch.float32, device=dev) if hyper.class_weight else None
         # reduction="none" + mean over the batch: Keras's class_weight semantics (sum(w*l) / N),
@@ -232,7 +232,8 @@ def _package_dir(pkg):
 def recalibrate_bn(model: nn.Module, batches) -> None:
     """Re-estimate every BatchNorm's statistics as the plain average over `batches`
     (NHWC float32 arrays) with the current weights (see training.BN_RECALIBRATION_BATCHES)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = [m for m in model.modules()  # frozen ones (fine-tuning) keep the source's statistics
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, FrozenBatchNorm2d)]
     if not bns:
         return
     momenta = [m.momentum for m in bns]
