@@ -97,7 +97,7 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
     if shown is not None:  # the first line, before the first epoch's wait
         shown.line(f"training {config.model} ({config.backend}, {info['device']}) on {Path(data.name).stem}/{data.scheme}: "
                    f"{split.train.size} train, {split.val.size} validation, {split.test.size} test images, "
-                   f"up to {hyper.epochs} epochs")
+                   f"up to {hyper.epochs} epoch{'s' if hyper.epochs != 1 else ''}")
     t_fit = time.perf_counter()
     model = backend.fit(model, stream, val_batches, hyper, reporter)
     fit_time = time.perf_counter() - t_fit
