@@ -95,8 +95,9 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
                                       log=lambda m, step: mlflow.log_metrics(m, step=step), trial=trial,
                                       progress=shown)
     if shown is not None:  # the first line, before the first epoch's wait
-        shown.line(f"training {config.model} ({config.backend}, {info['device']}) on {Path(data.name).stem}/{data.scheme}: "
-                   f"{split.train.size} train, {split.val.size} validation, {split.test.size} test images, "
+        shown.line(f"training {config.model} ({config.backend}, {info['device']}) on "
+                   f"{Path(data.name).stem}/{data.scheme}: {split.train.size} train, {split.val.size} validation, "
+                   f"{split.test.size} test images, "
                    f"up to {hyper.epochs} epoch{'s' if hyper.epochs != 1 else ''}")
     t_fit = time.perf_counter()
     model = backend.fit(model, stream, val_batches, hyper, reporter)
