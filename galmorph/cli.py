@@ -87,11 +87,15 @@ def config_from(args, cls):
 
 def cmd_train(args) -> int:
     from galmorph.config import TrainConfig
-    from galmorph.workflows.train import run
+    from galmorph.workflows.train import closing_summary, run
 
-    metrics = run(config_from(args, TrainConfig))
-    keys = ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "epochs_run", "steady_epoch_time_s")
-    print("  ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics))
+    started = []
+    metrics = run(config_from(args, TrainConfig), started=started.append)
+    if started:
+        print(closing_summary(started[0], metrics), flush=True)
+    else:  # data-parallel: the replicas' launcher did not start the run itself
+        keys = ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "epochs_run", "steady_epoch_time_s")
+        print("  ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics))
     return 0
 
 
@@ -285,7 +289,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_mlflow() -> None:
+    """Keep MLflow's routine INFO lines (system-metrics monitor started/stopped, experiment
+    created, database tables made) off the console; its warnings and errors still show.
+    MLflow sets its logger's level from MLFLOW_LOGGING_LEVEL when imported, so a user who
+    wants the INFO lines back sets MLFLOW_LOGGING_LEVEL=INFO. Here, not in the library:
+    code that imports galmorph keeps MLflow's logging as it configured it."""
+    import logging
+    import os
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    if "mlflow" in sys.modules:  # already configured at import
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+
+
 def main(argv=None) -> int:
+    quiet_mlflow()
     parser = build_parser()
     args = parser.parse_args(argv)
     from galmorph.tracking import install_sigterm_handler

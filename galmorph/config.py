@@ -151,6 +151,7 @@ class TrainConfig:
     eval_batch_size: int = option(512, "batch size for validation, test and prediction")
     threads: int = option(0, "CPU threads for the framework (0 = all cores)")
     log_model: bool = option(True, "log the trained model to MLflow")
+    quiet: bool = option(False, "print only errors and the closing summary: no progress bar or per-epoch lines")
     explain: bool = option(False, "log feature maps of the first convolutions and Grad-CAM saliency of a few test galaxies per class (galmorph.workflows.explain)")
     precision: str = option("auto", "arithmetic of training and inference: fp32, bf16 or fp16 mixed precision (fp16 with dynamic loss scaling); auto = bf16 on a GPU that supports it, fp32 on the CPU", acceleration.PRECISIONS)
     compile: str = option("auto", "compile the network: XLA jit_compile (Keras) or torch.compile (PyTorch); auto = on a GPU only", acceleration.SWITCH)

@@ -39,8 +39,9 @@ class Backend(Protocol):
 
     def fit(self, model: Any, stream: Any, val_batches: Callable[[], Iterator[np.ndarray]], hyper: Hyper,
             reporter: EpochReporter) -> Any:
-        """Train on `stream` (galmorph.data.augment.TrainStream), calling reporter.end_epoch once
-        per epoch; return the model with the best epoch's weights restored."""
+        """Train on `stream` (galmorph.data.augment.TrainStream), calling reporter.start_epoch,
+        reporter.batch_done(n_images) after every training batch and reporter.end_epoch once per
+        epoch; return the model with the best epoch's weights restored."""
 
     def predict_proba(self, model: Any, batches: Batches) -> np.ndarray:
         """Class probabilities (N, n_classes), float64, of the images in `batches`."""

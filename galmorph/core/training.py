@@ -1,10 +1,12 @@
 """Backend-neutral training semantics: optimiser settings, class weights, and the one
 per-epoch reporter that both backends call (metrics, early stopping, Optuna pruning).
 
-A backend's fit loop does only this per epoch: train on the stream's batches, measure its
-own train loss/accuracy, predict validation probabilities, and call
+A backend's fit loop does only this per epoch: call `reporter.start_epoch()`, train on the
+stream's batches (calling `reporter.batch_done(n_images)` after each, for the progress bar),
+measure its own train loss/accuracy, predict validation probabilities, and call
 `reporter.end_epoch(...)`, whose decision says whether the weights improved (snapshot
-them) and whether to stop. Everything that could drift between backends lives here.
+them) and whether to stop. Everything that could drift between backends lives here,
+what the console shows included (galmorph.core.progress).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from galmorph.core import metrics
 from galmorph.core.errors import GalmorphError
+from galmorph.core.progress import epoch_line
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "adadelta")  # sgd: with momentum SGD_MOMENTUM
 CLASS_WEIGHTS = ("none", "balanced")  # balanced: inverse class frequency of the training split
@@ -117,7 +120,9 @@ class EpochReporter:
     Computes validation loss/accuracy from probabilities (one implementation for both
     backends), logs the epoch's metrics through `log` (e.g. mlflow.log_metrics), applies
     early stopping on validation loss, and reports `prune_metric` to an Optuna trial,
-    raising `Pruned` when the pruner says so.
+    raising `Pruned` when the pruner says so. With a `progress`
+    (galmorph.core.progress.EpochProgress) it shows each epoch, and says when it stops early
+    or is pruned; without one (--quiet, replicas) it prints nothing.
     """
 
     val_labels: np.ndarray
@@ -125,6 +130,7 @@ class EpochReporter:
     log: object = None  # callable(metrics: dict, step: int)
     trial: object = None  # optuna.Trial or None
     prune_metric: str = "val_accuracy"
+    progress: object = None  # galmorph.core.progress.EpochProgress or None
     history: list[EpochRecord] = field(default_factory=list)
     best_val_loss: float = math.inf
     best_epoch: int = -1
@@ -133,6 +139,17 @@ class EpochReporter:
 
     def start_epoch(self) -> None:
         self._t0 = time.perf_counter()
+        if self.progress is not None:
+            self.progress.start(len(self.history))
+
+    def batch_done(self, n_images: int) -> None:
+        """A training batch of `n_images` is done (moves the progress bar, if any)."""
+        if self.progress is not None:
+            self.progress.advance(n_images)
+
+    def _say(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.line(text)
 
     def elapsed(self) -> float:
         """Seconds since start_epoch(): the training part of the epoch, before validation."""
@@ -169,9 +186,20 @@ class EpochReporter:
                 )
             self.trial.report(value, epoch)
             if self.trial.should_prune():
+                self._show(rec, improved)
+                self._say(f"pruned by Optuna after epoch {epoch + 1} ({self.prune_metric} {value:.3f})")
                 raise Pruned(f"pruned at epoch {epoch} ({self.prune_metric}={value:.4f})")
+        self._show(rec, improved)
         stop = self.patience > 0 and self._since_best >= self.patience
+        if stop:
+            self._say(f"early stopping after epoch {epoch + 1}: no lower validation loss for {self.patience} epochs; "
+                      f"keeping epoch {self.best_epoch + 1}")
         return Decision(improved, stop)
+
+    def _show(self, rec: EpochRecord, improved: bool) -> None:
+        if self.progress is not None:
+            self._say(epoch_line(rec.epoch, self.progress.epochs, rec.train_loss, rec.train_accuracy,
+                                 rec.val_loss, rec.val_accuracy, self.progress.seconds(), improved))
 
     def timing(self) -> dict[str, float]:
         """First epoch (warm-up, graph building) apart from the steady-state epochs."""

@@ -13,7 +13,7 @@ import numpy as np
 
 from galmorph import backends, tracking
 from galmorph.config import TrainConfig
-from galmorph.core import metrics, specs, system, training
+from galmorph.core import metrics, progress, specs, system, training
 from galmorph.data import augment, registry
 from galmorph.tracking import artifacts, tags
 from galmorph.tracking import figures as plots
@@ -50,10 +50,12 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
             started(active.info.run_id)
         if problem is not None:
             raise problem
-        return _run(config, active, prepared, trial, mlflow, after_fit)
+        # nested runs (multiseed children, trials, hierarchy nodes) say which run a line is from
+        progress_prefix = name if nested else ""
+        return _run(config, active, prepared, trial, mlflow, after_fit, progress_prefix)
 
 
-def _run(config, active, prepared, trial, mlflow, after_fit=None) -> dict:
+def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefix="") -> dict:
     tracking.log_params({**config.to_dict(), **{f"version_{k}": v for k, v in system.library_versions().items()}})
     source = finetune.resolve(config.init_from) if config.init_from else None  # an unknown model: before the data
     t_data = time.perf_counter()
@@ -92,8 +94,16 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None) -> dict:
     labels = data.labels
     stream = train_stream(config, prepared)
     val_batches = lambda: augment.eval_batches(maker, split.val, config.eval_batch_size)  # noqa: E731
+    shown = None if config.quiet else progress.EpochProgress(hyper.epochs, stream.images_per_epoch,
+                                                             prefix=progress_prefix)
     reporter = training.EpochReporter(labels[split.val], patience=config.patience,
-                                      log=lambda m, step: mlflow.log_metrics(m, step=step), trial=trial)
+                                      log=lambda m, step: mlflow.log_metrics(m, step=step), trial=trial,
+                                      progress=shown)
+    if shown is not None:  # the first line, before the first epoch's wait
+        shown.line(f"training {config.model} ({config.backend}, {info['device']}) on "
+                   f"{Path(data.name).stem}/{data.scheme}: {split.train.size} train, {split.val.size} validation, "
+                   f"{split.test.size} test images, "
+                   f"up to {hyper.epochs} epoch{'s' if hyper.epochs != 1 else ''}")
     t_fit = time.perf_counter()
     model = backend.fit(model, stream, val_batches, hyper, reporter)
     fit_time = time.perf_counter() - t_fit
@@ -159,16 +169,11 @@ def _data_parallel(config: TrainConfig) -> dict | None:
 
 
 def _log_dataset(mlflow, data: registry.Dataset, digest: str) -> None:
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
     record = registry.DATASETS.get(data.name)
     uri = record.urls[0] if record and record.urls else str(Path(data.path).resolve())
-    try:
-        source = resolve_dataset_source(uri)
-    except Exception:  # an unusual path: lineage without a resolvable source is still lineage
-        source = resolve_dataset_source(Path(data.path).resolve().as_uri())
-    dataset = MetaDataset(source, name=f"{Path(data.name).stem}/{data.scheme}", digest=digest)
+    dataset = MetaDataset(_dataset_source(uri), name=f"{Path(data.name).stem}/{data.scheme}", digest=digest)
     try:
         mlflow.log_input(dataset, context="training")
     except mlflow.exceptions.MlflowException:
@@ -176,6 +181,52 @@ def _log_dataset(mlflow, data: registry.Dataset, digest: str) -> None:
         # lets one insert fail on the unique (experiment, name, digest). It exists now; link it.
         time.sleep(0.5)
         mlflow.log_input(dataset, context="training")
+
+
+def _dataset_source(uri: str):
+    """The MLflow dataset source of `uri`, chosen by its scheme: MLflow's own guess
+    (resolve_dataset_source) warns that a local path "can be interpreted in multiple ways"."""
+    import json
+
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    if uri.startswith(("http://", "https://")):
+        return HTTPDatasetSource(uri)
+    return get_dataset_source_from_json(json.dumps({"uri": uri}), source_type="local")
+
+
+def closing_summary(run_id: str, final: dict) -> str:
+    """A few lines that end `galmorph train`: test metrics, which run, where the model went,
+    and how to look at it (credentials masked)."""
+    import mlflow
+
+    run = mlflow.MlflowClient().get_run(run_id)
+    experiment = mlflow.MlflowClient().get_experiment(run.info.experiment_id)
+    epochs = int(final.get("epochs_run", 0))
+    lines = [f"test accuracy {final['test_accuracy']:.4f}  balanced {final['test_balanced_accuracy']:.4f}  "
+             f"macro F1 {final['test_macro_f1']:.4f}  ({epochs} epoch{'s' if epochs != 1 else ''}, "
+             f"best {int(final.get('best_epoch', -1)) + 1})",
+             f"run {run_id} ({run.info.run_name}) in experiment {experiment.name!r}"]
+    model_uri = run.data.tags.get(tags.MODEL_URI)
+    if model_uri:
+        lines.append(f"model {model_uri}")
+    store = _store_for_humans(mlflow.get_tracking_uri())
+    if store.startswith(("http://", "https://")):
+        lines.append(f"see it: {store.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}")
+    else:
+        lines.append(f"see it: mlflow ui --backend-store-uri {store}")
+    return tracking.redact("\n".join(lines))
+
+
+def _store_for_humans(uri: str) -> str:
+    """The tracking URI, a relative local store made absolute so the command works from anywhere."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = uri.removeprefix("sqlite:///")
+        return f"sqlite:///{Path(path).resolve()}" if path and not path.startswith(":") else uri
+    if "://" not in uri and not uri.startswith("databricks"):
+        return str(Path(uri).resolve())
+    return uri
 
 
 def _write_artifacts(out: Path, config, data, split, spec, report, proba, reporter, digest) -> None:

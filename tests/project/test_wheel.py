@@ -59,5 +59,5 @@ def test_wheel_installs_and_trains_outside_the_clone(tmp_path):
                           "--epochs", "1", "--batch-size", "32", "--log-model", "false", "--threads", "2"],
                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "test_accuracy=" in run.stdout
+    assert "test accuracy " in run.stdout and "see it: mlflow ui --backend-store-uri " in run.stdout
     assert list((work / "mlruns").rglob("confusion_matrix.png"))  # artifacts land where the user works

@@ -68,6 +68,10 @@ def dataset(stream, n_classes: int, epochs: int, s: acceleration.Settings):
 
 
 class _Reporter(keras.callbacks.Callback):
+    # Keras may then call on_train_batch_end from its thread pool, after the step's logs are
+    # ready, instead of waiting for every step in the training loop (reporter.batch_done is thread-safe)
+    async_safe = True
+
     def __init__(self, reporter: training.EpochReporter, val_batches, stream, eval_batch: int):
         super().__init__()
         self.reporter = reporter
@@ -79,6 +83,10 @@ class _Reporter(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.reporter.start_epoch()
+
+    def on_train_batch_end(self, batch, logs=None):
+        # batch i of an epoch holds batch_size images, the last one the rest
+        self.reporter.batch_done(min(self.stream.batch_size, self.n_train_images - batch * self.stream.batch_size))
 
     def on_epoch_end(self, epoch, logs=None):
         train_time = self.reporter.elapsed()
@@ -171,12 +179,26 @@ def log_model(model, name: str, input_example: np.ndarray) -> str:
     from mlflow.models import infer_signature
 
     signature = infer_signature(input_example, predict_proba(model, [input_example]))
-    with _example_dir_first():
+    with _example_dir_first(), _no_progress_bars():
         info = mlflow.keras.log_model(
             model, name=name, signature=signature, input_example=input_example,
             pip_requirements=[f"keras=={keras.__version__}", _tf_requirement()],
         )
     return info.model_uri
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    """MLflow checks the input example by calling the saved model's predict(), whose Keras
+    progress bar ("1/1 ━━━━", escape codes and all) would land on the console: route Keras's
+    messages to absl logging (below its verbosity) while the model is logged."""
+    was = keras.config.is_interactive_logging_enabled()
+    keras.config.disable_interactive_logging()
+    try:
+        yield
+    finally:
+        if was:
+            keras.config.enable_interactive_logging()
 
 
 @contextlib.contextmanager

@@ -140,6 +140,7 @@ def fit(model: nn.Module, stream, val_batches, hyper: training.Hyper, reporter: 
             loss, correct = trainer.step(xb, yb)
             sums += torch.stack([loss.double() * yb.shape[0], correct.double()])
             seen += yb.shape[0]
+            reporter.batch_done(yb.shape[0] * world)  # every replica's share of the global batch
         if world > 1:
             totals = torch.cat([sums, torch.tensor([float(seen)], device=dev, dtype=torch.float64)])
             torch.distributed.all_reduce(totals)
@@ -214,12 +215,32 @@ def log_model(model: nn.Module, name: str, input_example: np.ndarray) -> str:
     signature = infer_signature(input_example, predict_proba(model.to("cpu"), [input_example]))
     # pickle, not MLflow 3's default torch.export ("pt2") graph: explain needs the network's
     # modules (its convolutions' activations and gradients), which an exported graph flattens away
-    info = mlflow.pytorch.log_model(
-        wrapped, name=name, signature=signature, input_example=input_example, serialization_format="pickle",
-        code_paths=[str(_package_dir(galmorph))],
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
-    )
+    with _without_pickle_warning():
+        info = mlflow.pytorch.log_model(
+            wrapped, name=name, signature=signature, input_example=input_example, serialization_format="pickle",
+            code_paths=[str(_package_dir(galmorph))],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+        )
     return info.model_uri
+
+
+@contextlib.contextmanager
+def _without_pickle_warning():
+    """Drop MLflow's warning that pickled models need caution, only while galmorph logs its
+    own model: pickling is chosen on purpose (explain needs the modules, see log_model), and
+    the warning would tell every user to switch to the format that cannot serve it."""
+    import logging
+
+    class Drop(logging.Filter):
+        def filter(self, record):
+            return "Pickle or CloudPickle" not in record.getMessage()
+
+    logger, drop = logging.getLogger("mlflow.pytorch"), Drop()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _package_dir(pkg):
