@@ -271,21 +271,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from galmorph.tracking import install_sigterm_handler
+    """Run one `galmorph` command; its exit code. Ctrl-C or SIGTERM: 130, once the run is marked
+    KILLED (galmorph.core.interrupts: also when the interrupt surfaced as another error)."""
+    from galmorph.core import interrupts
 
-    install_sigterm_handler()
-    try:
-        return args.func(args)
-    except GalmorphError as exc:
-        print(f"galmorph: error: {exc}", file=sys.stderr)
-        if not getattr(exc, "recorded", False):
-            _record_failure(str(exc))
-        return 2
-    except KeyboardInterrupt:
-        print("galmorph: interrupted", file=sys.stderr)
-        return 130
+    with interrupts.installed():
+        try:
+            args = build_parser().parse_args(argv)  # imports for seconds: interruptible too
+            return args.func(args)
+        except KeyboardInterrupt as exc:  # its message names the signal when a run was ended KILLED first
+            return _interrupted(interrupts.handled() or str(exc) or None)
+        except GalmorphError as exc:
+            if interrupts.pending():
+                return _interrupted(interrupts.handled())
+            print(f"galmorph: error: {exc}", file=sys.stderr)
+            if not getattr(exc, "recorded", False):
+                _record_failure(str(exc))
+            return 2
+        except Exception:
+            if interrupts.pending():  # e.g. an ImportError made of a Ctrl-C inside a C extension
+                return _interrupted(interrupts.handled())
+            raise
+
+
+def _interrupted(signal_name: str | None) -> int:
+    print(f"galmorph: interrupted{f' ({signal_name})' if signal_name else ''}", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -3,11 +3,10 @@
 from galmorph.tracking.runs import (
                                     artifact_dir,
                                     configure,
-                                    install_sigterm_handler,
                                     log_params,
                                     redact,
                                     require_finite,
                                     run,
 )
 
-__all__ = ["artifact_dir", "configure", "install_sigterm_handler", "log_params", "redact", "require_finite", "run"]
+__all__ = ["artifact_dir", "configure", "log_params", "redact", "require_finite", "run"]

@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 
+from galmorph.core import interrupts
 from galmorph.core.errors import GalmorphError
 
 _SECRET = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
@@ -43,7 +45,9 @@ def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None 
     """Start (or, under `mlflow run`, continue) a run; end it FAILED or KILLED on errors.
 
     A GalmorphError or any other exception marks the run FAILED with the reason in the
-    `failure_reason` tag; Ctrl-C (KeyboardInterrupt) or SIGTERM marks it KILLED.
+    `failure_reason` tag; Ctrl-C (KeyboardInterrupt) or SIGTERM marks it KILLED, also when
+    the interrupt surfaced as another error (galmorph.core.interrupts.pending), which then
+    becomes a KeyboardInterrupt. Signals do not cut the ending of the run short.
     """
     import mlflow
 
@@ -58,17 +62,38 @@ def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None 
     active = mlflow.start_run(**kwargs)
     try:
         yield active
-    except KeyboardInterrupt:
-        _safe_tag(active, "failure_reason", "interrupted (KeyboardInterrupt)")
-        mlflow.end_run("KILLED")
-        raise
     except BaseException as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        _safe_tag(active, "failure_reason", redact(reason)[:4000])
-        mlflow.end_run("FAILED")
-        raise
+        signal_name = interrupts.handled()
+        if isinstance(exc, KeyboardInterrupt):  # a nested run's is handled already: its message names the signal
+            signal_name = signal_name or str(exc) or "KeyboardInterrupt"
+        if signal_name is None:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            with interrupts.held():
+                _safe_tag(active, "failure_reason", redact(reason)[:4000])
+                _end(active, "FAILED", exc)
+            raise
+        with interrupts.held():
+            _safe_tag(active, "failure_reason", f"interrupted ({signal_name})")
+            _end(active, "KILLED", exc)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise KeyboardInterrupt(signal_name) from exc
     else:
-        mlflow.end_run("FINISHED")
+        with interrupts.held():
+            _end(active, "FINISHED")
+
+
+def _end(active, status: str, error: BaseException | None = None) -> None:
+    """mlflow.end_run(status). While an error is on its way out, failing to end the run is
+    reported and the error goes on; otherwise the failure is raised."""
+    import mlflow
+
+    try:
+        mlflow.end_run(status)
+    except Exception as exc:
+        if error is None:
+            raise
+        print(f"galmorph: could not mark run {active.info.run_id} {status}: {redact(exc)[:300]}", file=sys.stderr)
 
 
 def _safe_tag(active, key, value):
@@ -99,17 +124,6 @@ def artifact_dir():
     with tempfile.TemporaryDirectory(prefix="galmorph-") as tmp:
         yield Path(tmp)
         mlflow.log_artifacts(tmp)
-
-
-def install_sigterm_handler() -> None:
-    """Turn SIGTERM (sent by `mlflow run` on Ctrl-C, and by job schedulers) into KeyboardInterrupt."""
-    import signal
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    with contextlib.suppress(ValueError):  # not in the main thread
-        signal.signal(signal.SIGTERM, handler)
 
 
 def require_finite(name: str, value: float) -> float:
