@@ -72,6 +72,7 @@ def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None 
                 _safe_tag(active, "failure_reason", redact(reason)[:4000])
                 _end(active, "FAILED", exc)
             raise
+        _release_frames(exc)
         with interrupts.held():
             _safe_tag(active, "failure_reason", f"interrupted ({signal_name})")
             _end(active, "KILLED", exc)
@@ -81,6 +82,23 @@ def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None 
     else:
         with interrupts.held():
             _end(active, "FINISHED")
+
+
+def _release_frames(exc: BaseException) -> None:
+    """Clear the locals of the finished frames an interrupt went through.
+
+    A KeyboardInterrupt raised just after a SQLite statement ran (in SQLAlchemy's
+    do_execute) leaves that cursor alive in those frames, some in reference cycles, and it
+    keeps the database locked: the KILLED tag and status written next waited MLflow's 20 s
+    busy timeout per statement and failed ("database is locked"), leaving the run RUNNING.
+    """
+    import traceback
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)  # skips the frames still executing
+        exc = exc.__cause__ or exc.__context__
 
 
 def _end(active, status: str, error: BaseException | None = None) -> None:
