@@ -8,11 +8,13 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from galmorph.core import interrupts
 from galmorph.core.errors import GalmorphError
 
+MONITOR_STOP_S = 5.0  # the most ending a run waits for MLflow's system-metrics thread
 _SECRET = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
 
 
@@ -75,6 +77,7 @@ def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None 
         _release_frames(exc)
         with interrupts.held():
             _safe_tag(active, "failure_reason", f"interrupted ({signal_name})")
+            _finalize_pending_model(active)
             _end(active, "KILLED", exc)
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -102,16 +105,42 @@ def _release_frames(exc: BaseException) -> None:
 
 
 def _end(active, status: str, error: BaseException | None = None) -> None:
-    """mlflow.end_run(status). While an error is on its way out, failing to end the run is
-    reported and the error goes on; otherwise the failure is raised."""
+    """mlflow.end_run(status), with the system-metrics monitor given MONITOR_STOP_S to stop
+    (MLflow joins its thread without a timeout). While an error is on its way out, failing
+    to end the run is reported and the error goes on; otherwise the failure is raised."""
     import mlflow
 
+    monitor = _take_monitor(active.info.run_id)
     try:
         mlflow.end_run(status)
     except Exception as exc:
         if error is None:
             raise
         print(f"galmorph: could not mark run {active.info.run_id} {status}: {redact(exc)[:300]}", file=sys.stderr)
+    finally:
+        if monitor is not None:
+            stopper = threading.Thread(target=monitor.finish, name="galmorph-stop-system-metrics", daemon=True)
+            stopper.start()
+            stopper.join(MONITOR_STOP_S)
+
+
+def _take_monitor(run_id: str):
+    """The run's system-metrics monitor, taken from MLflow's registry (so that end_run does
+    not join it), or None (none, or an MLflow without that registry: end_run joins it)."""
+    from mlflow.tracking import fluent
+
+    monitors = getattr(fluent, "run_id_to_system_metrics_monitor", None)
+    return monitors.pop(run_id, None) if isinstance(monitors, dict) else None
+
+
+def _finalize_pending_model(active) -> None:
+    """A model whose logging was interrupted stays PENDING with part of its files: mark it FAILED."""
+    import mlflow
+
+    with contextlib.suppress(Exception):
+        model = mlflow.last_logged_model()
+        if model is not None and model.source_run_id == active.info.run_id and str(model.status) == "PENDING":
+            mlflow.MlflowClient().finalize_logged_model(model.model_id, "FAILED")
 
 
 def _safe_tag(active, key, value):
@@ -141,7 +170,8 @@ def artifact_dir():
 
     with tempfile.TemporaryDirectory(prefix="galmorph-") as tmp:
         yield Path(tmp)
-        mlflow.log_artifacts(tmp)
+        with interrupts.held():  # an interrupt waits for the copy: no half-copied file in the run
+            mlflow.log_artifacts(tmp)
 
 
 def require_finite(name: str, value: float) -> float:

@@ -199,6 +199,32 @@ def test_ctrl_c_mid_training_leaves_the_run_killed(tracking_uri):
     assert client.get_run(run.info.run_id).info.status == "KILLED"
 
 
+@pytest.mark.parametrize("ending", ["finished", "interrupted"])
+def test_ending_a_run_stops_its_system_metrics_thread(tracking_uri, ending):
+    """tracking.run stops MLflow's monitor itself (end_run would join it without a timeout)."""
+    import threading
+
+    import mlflow
+
+    from galmorph import tracking
+
+    def monitors():
+        return [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor" and t.is_alive()]
+
+    tracking.configure("monitor")
+    before = set(monitors())
+    try:
+        with tracking.run("r") as active:
+            assert set(monitors()) - before, "no system-metrics thread started"
+            if ending == "interrupted":
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        assert ending == "interrupted"
+    assert not set(monitors()) - before
+    run = mlflow.MlflowClient().get_run(active.info.run_id)
+    assert run.info.status == ("KILLED" if ending == "interrupted" else "FINISHED")
+
+
 def test_runs_land_in_the_experiment_another_process_created_at_the_same_moment(tracking_uri, monkeypatch):
     """The race of two workers starting at once: the experiment does not exist when this
     process looks, but exists by the time it creates it (MLflow's set_experiment then
