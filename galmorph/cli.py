@@ -7,6 +7,7 @@ User errors (GalmorphError) print one line, `galmorph: error: ...`, and exit wit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from galmorph.core.errors import GalmorphError
@@ -299,5 +300,28 @@ def _interrupted(signal_name: str | None) -> int:
     return 130
 
 
+def entry() -> None:
+    """The `galmorph` process: main(), then an exit that skips the interpreter's final garbage
+    collections.
+
+    Those walk every object of TensorFlow or PyTorch, several times, only to free memory the
+    OS takes back anyway: measured after an interrupted training, 2 to 7 s (30 s and more on
+    a loaded machine) against 0.4 s with the objects frozen. atexit handlers still run, and
+    objects go as their references do; only cyclic garbage is left to the OS.
+    SIGUSR1 dumps every thread's Python stack to stderr (where a process that hangs waits).
+    """
+    import faulthandler
+    import gc
+    import signal
+
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # no SIGUSR1 (Windows), no stderr fd
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    try:
+        code = main()
+    finally:
+        gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
