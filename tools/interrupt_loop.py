@@ -79,6 +79,7 @@ def one_try(k: int, args, rng: random.Random) -> dict:
                "--synthetic-n", str(args.n), "--epochs", str(args.epochs), "--patience", "0",
                "--experiment", "interrupt", *args.extra]
         sig = signal.SIGTERM if rng.random() < args.sigterm else signal.SIGINT
+        double = sig == signal.SIGINT and rng.random() < args.double  # then SIGTERM, as `mlflow run` on Ctrl-C
         phase = rng.choice(args.phases.split(","))
         delay = rng.uniform(args.min_delay, args.max_delay) if phase == "start" else rng.uniform(0, args.after)
         if phase == "final":
@@ -100,6 +101,9 @@ def one_try(k: int, args, rng: random.Random) -> dict:
             return {"k": k, "phase": phase, "note": f"exited {proc.returncode} before the signal", "hang": False}
         proc.send_signal(sig)
         t_sig = time.time()
+        if double:
+            time.sleep(rng.uniform(0, 0.3))
+            proc.send_signal(signal.SIGTERM)
         sent = time.strftime("%H:%M:%S", time.localtime(t_sig)) + f".{int(t_sig % 1 * 1000):03d}"
         dump = ""
         try:
@@ -117,7 +121,7 @@ def one_try(k: int, args, rng: random.Random) -> dict:
         err.seek(0)
         stderr = err.read()
         hang = took > args.hang
-        result = {"k": k, "sig": sig.name, "phase": phase, "at": at, "sent": sent, "took": took,
+        result = {"k": k, "sig": sig.name + ("+SIGTERM" if double else ""), "phase": phase, "at": at, "sent": sent, "took": took,
                   "rc": proc.returncode, "status": status, "reason": reason, "hang": hang}
         no_run_yet = status in (None, "db error no such table: runs")  # interrupted before the run existed
         if dump or proc.returncode != 130 or not (status == "KILLED" and reason or no_run_yet):
@@ -140,6 +144,7 @@ def main() -> int:
     p.add_argument("--after", type=float, default=4)
     p.add_argument("--slow", type=float, default=4, help="dump the stacks of a process not gone after this")
     p.add_argument("--sigterm", type=float, default=0.3, help="share of tries sent SIGTERM")
+    p.add_argument("--double", type=float, default=0.25, help="share of SIGINT tries followed by a SIGTERM")
     p.add_argument("--hang", type=float, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--py-spy", default=None)
