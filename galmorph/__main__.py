@@ -1,5 +1,3 @@
-import sys
+from galmorph.cli import entry
 
-from galmorph.cli import main
-
-sys.exit(main())
+entry()

@@ -168,28 +168,49 @@ def eval_batches(maker: BatchMaker, indices: np.ndarray, batch_size: int, views=
         yield maker.batch(indices[start : start + batch_size], views)
 
 
+_POLL_S = 0.1  # how often a waiting producer or consumer looks whether the other one is gone
+
+
 def prefetched(iterable, depth: int = 2):
-    """Run `iterable` in a background thread, `depth` items ahead (numpy gathers release the GIL)."""
+    """Run `iterable` in a background thread, `depth` items ahead (numpy gathers release the GIL).
+
+    No wait is unbounded: the producer gives up once the consumer is gone (closed, or left
+    unclosed by an interrupt whose traceback keeps this generator alive), and the consumer
+    does not wait for a producer that died without a word.
+    """
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
 
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work():
         try:
             for item in iterable:
-                if stop.is_set():
+                if not put(item):
                     return
-                q.put(item)
         except BaseException as exc:  # handed to the consumer
-            q.put(exc)
+            put(exc)
             return
-        q.put(done)
+        put(done)
 
-    thread = threading.Thread(target=work, daemon=True)
+    thread = threading.Thread(target=work, name="galmorph-prefetch", daemon=True)
     thread.start()
     try:
         while True:
-            item = q.get()
+            try:
+                item = q.get(timeout=_POLL_S)
+            except queue.Empty:
+                if thread.is_alive() or not q.empty():
+                    continue
+                raise RuntimeError("the batch-making thread ended without a batch or an error") from None
             if item is done:
                 return
             if isinstance(item, BaseException):
@@ -197,8 +218,4 @@ def prefetched(iterable, depth: int = 2):
             yield item
     finally:
         stop.set()
-        while thread.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)
+        thread.join(timeout=5)  # the item it is making; a put gives up within _POLL_S

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
+from galmorph.core import interrupts
 from galmorph.core.errors import GalmorphError
 from galmorph.tracking.secrets import redact
 from galmorph.tracking.store import check_store, store_problem
+
+MONITOR_STOP_S = 5.0  # the most ending a run waits for MLflow's system-metrics thread
 
 
 def validated(check) -> GalmorphError | None:
@@ -61,7 +66,9 @@ def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None 
     """Start (or, under `mlflow run`, continue) a run; end it FAILED or KILLED on errors.
 
     A GalmorphError or any other exception marks the run FAILED with the reason in the
-    `failure_reason` tag; Ctrl-C (KeyboardInterrupt) or SIGTERM marks it KILLED.
+    `failure_reason` tag; Ctrl-C (KeyboardInterrupt) or SIGTERM marks it KILLED, also when
+    the interrupt surfaced as another error (galmorph.core.interrupts.pending), which then
+    becomes a KeyboardInterrupt. Signals do not cut the ending of the run short.
     """
     import mlflow
 
@@ -76,17 +83,83 @@ def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None 
     active = mlflow.start_run(**kwargs)
     try:
         yield active
-    except KeyboardInterrupt:
-        _safe_tag(active, "failure_reason", "interrupted (KeyboardInterrupt)")
-        mlflow.end_run("KILLED")
-        raise
     except BaseException as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        _safe_tag(active, "failure_reason", redact(reason)[:4000])
-        mlflow.end_run("FAILED")
-        raise
+        signal_name = interrupts.handled()
+        if isinstance(exc, KeyboardInterrupt):  # a nested run's is handled already: its message names the signal
+            signal_name = signal_name or str(exc) or "KeyboardInterrupt"
+        if signal_name is None:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            with interrupts.held():
+                _safe_tag(active, "failure_reason", redact(reason)[:4000])
+                _end(active, "FAILED", exc)
+            raise
+        _release_frames(exc)
+        with interrupts.held():
+            _safe_tag(active, "failure_reason", f"interrupted ({signal_name})")
+            _finalize_pending_model(active)
+            _end(active, "KILLED", exc)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise KeyboardInterrupt(signal_name) from exc
     else:
-        mlflow.end_run("FINISHED")
+        with interrupts.held():
+            _end(active, "FINISHED")
+
+
+def _release_frames(exc: BaseException) -> None:
+    """Clear the locals of the finished frames an interrupt went through.
+
+    A KeyboardInterrupt raised just after a SQLite statement ran (in SQLAlchemy's
+    do_execute) leaves that cursor alive in those frames, some in reference cycles, and it
+    keeps the database locked: the KILLED tag and status written next waited MLflow's 20 s
+    busy timeout per statement and failed ("database is locked"), leaving the run RUNNING.
+    """
+    import traceback
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)  # skips the frames still executing
+        exc = exc.__cause__ or exc.__context__
+
+
+def _end(active, status: str, error: BaseException | None = None) -> None:
+    """mlflow.end_run(status), with the system-metrics monitor given MONITOR_STOP_S to stop
+    (MLflow joins its thread without a timeout). While an error is on its way out, failing
+    to end the run is reported and the error goes on; otherwise the failure is raised."""
+    import mlflow
+
+    monitor = _take_monitor(active.info.run_id)
+    try:
+        mlflow.end_run(status)
+    except Exception as exc:
+        if error is None:
+            raise
+        print(f"galmorph: could not mark run {active.info.run_id} {status}: {redact(exc)[:300]}", file=sys.stderr)
+    finally:
+        if monitor is not None:
+            stopper = threading.Thread(target=monitor.finish, name="galmorph-stop-system-metrics", daemon=True)
+            stopper.start()
+            stopper.join(MONITOR_STOP_S)
+
+
+def _take_monitor(run_id: str):
+    """The run's system-metrics monitor, taken from MLflow's registry (so that end_run does
+    not join it), or None (none, or an MLflow without that registry: end_run joins it)."""
+    from mlflow.tracking import fluent
+
+    monitors = getattr(fluent, "run_id_to_system_metrics_monitor", None)
+    return monitors.pop(run_id, None) if isinstance(monitors, dict) else None
+
+
+def _finalize_pending_model(active) -> None:
+    """A model whose logging was interrupted stays PENDING with part of its files: mark it FAILED."""
+    import mlflow
+
+    with contextlib.suppress(Exception):
+        model = mlflow.last_logged_model()
+        if model is not None and model.source_run_id == active.info.run_id and str(model.status) == "PENDING":
+            mlflow.MlflowClient().finalize_logged_model(model.model_id, "FAILED")
 
 
 def _safe_tag(active, key, value):
@@ -116,18 +189,8 @@ def artifact_dir():
 
     with tempfile.TemporaryDirectory(prefix="galmorph-") as tmp:
         yield Path(tmp)
-        mlflow.log_artifacts(tmp)
-
-
-def install_sigterm_handler() -> None:
-    """Turn SIGTERM (sent by `mlflow run` on Ctrl-C, and by job schedulers) into KeyboardInterrupt."""
-    import signal
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    with contextlib.suppress(ValueError):  # not in the main thread
-        signal.signal(signal.SIGTERM, handler)
+        with interrupts.held():  # an interrupt waits for the copy: no half-copied file in the run
+            mlflow.log_artifacts(tmp)
 
 
 def require_finite(name: str, value: float) -> float:

@@ -24,6 +24,7 @@ import numpy as np
 
 from galmorph import backends, tracking
 from galmorph.config import TrainConfig, option
+from galmorph.core import interrupts
 from galmorph.core.errors import GalmorphError
 from galmorph.data import augment
 from galmorph.tracking import figures
@@ -126,7 +127,8 @@ def log_explanations(backend, model, prepared, config, *, per_class: int = 3, ru
         client = mlflow.MlflowClient()
         if run_id is None:
             run_id = mlflow.active_run().info.run_id
-        client.log_artifacts(run_id, str(out), "explain")
+        with interrupts.held():  # an interrupt waits for the copy: no half-copied file in the run
+            client.log_artifacts(run_id, str(out), "explain")
         client.log_metric(run_id, "explain_saliency_centre_fraction", float(np.mean(result["centre_fraction"])))
     return result
 

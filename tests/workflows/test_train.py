@@ -170,33 +170,133 @@ def test_bad_input_under_mlflow_run_marks_the_project_run_failed(tmp_path):
     assert "epochs must be at least 1" in run.data.tags["failure_reason"]
 
 
+EXIT_BOUND_S = 30  # from the signal to the end of the process: the run marked KILLED, the interpreter gone
+
+
+def _sigint_as_in_a_terminal():
+    # A process started by a background job inherits SIGINT ignored (POSIX), and Python then
+    # keeps it ignored: a test run that way would wait out its timeout. Ctrl-C reaches a
+    # foreground process, whose SIGINT is not ignored.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _wait_for_first_epoch(client, experiment: str, proc, timeout: float = 300):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
+            return runs[0]
+        time.sleep(0.2)
+    return None
+
+
 @pytest.mark.slow
 def test_ctrl_c_mid_training_leaves_the_run_killed(tracking_uri):
     import mlflow
 
     proc = subprocess.Popen([sys.executable, "-m", "galmorph", "train", "--backend", "torch", "--synthetic-n", "400",
                              "--epochs", "200", "--patience", "0", "--experiment", "interrupt"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_in_a_terminal)
     client = mlflow.MlflowClient()
     try:
-        deadline = time.time() + 300
-        run = None
-        while time.time() < deadline and proc.poll() is None:
-            exp = client.get_experiment_by_name("interrupt")
-            runs = client.search_runs([exp.experiment_id]) if exp else []
-            if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
-                run = runs[0]
-                break
-            time.sleep(0.5)
+        run = _wait_for_first_epoch(client, "interrupt", proc)
         assert run is not None, "training never logged an epoch"
         proc.send_signal(signal.SIGINT)
+        sent = time.time()
         _, stderr = proc.communicate(timeout=120)
+        took = time.time() - sent
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 130, stderr[-2000:]
-    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    assert took < EXIT_BOUND_S, stderr[-2000:]
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["failure_reason"] == "interrupted (SIGINT)"
+
+
+# Where a signal lands, and which (tests/workflows/interrupt_points.py): every point of one
+# backend runs in one process, the last one through the process's own exit. finalizer: the
+# KeyboardInterrupt is raised inside a finalizer, which drops it (it must come again); sqlite:
+# just after one of MLflow's SQLite INSERTs ran, whose cursor then held the database locked
+# against the cleanup; twice: mid-epoch, then SIGTERM during the cleanup, as `mlflow run` does.
+INTERRUPT_POINTS = {
+    "torch": ["prepare:SIGINT", "twice:SIGINT", "validation:SIGINT", "finalizer:SIGINT:200", "sqlite:SIGTERM:2",
+              "artifacts:SIGINT", "model:SIGTERM"],
+    "keras": ["step:SIGINT", "validation:SIGTERM", "model:SIGINT"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [pytest.param("torch", marks=pytest.mark.torch),
+                                     pytest.param("keras", marks=pytest.mark.keras)])
+def test_an_interrupt_anywhere_ends_the_run_killed_within_seconds(backend, tracking_uri, tmp_path):
+    import mlflow
+
+    report_path = tmp_path / "report.json"
+    points = INTERRUPT_POINTS[backend]
+    code = ("import runpy, sys; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(REPO / "tests" / "workflows" / "interrupt_points.py"),
+                             backend, str(report_path), *points],
+                            cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_as_in_a_terminal)
+    try:
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    ended = time.time()
+    last_fired = [float(line.split()[1]) for line in stderr.splitlines() if line.startswith("fired ")]
+    assert proc.returncode == 130, stderr[-3000:]
+    assert last_fired and ended - last_fired[-1] < EXIT_BOUND_S, stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    client = mlflow.MlflowClient()
+    for spec in points:
+        point, sig = spec.split(":")[:2]
+        if point in report:  # every point but the last (the process's exit, checked above)
+            assert report[point]["fired"], point
+            assert report[point]["code"] == 130, (point, stderr[-3000:])
+            assert report[point]["seconds"] < EXIT_BOUND_S, point
+        (run,) = client.search_runs([client.get_experiment_by_name(f"interrupt-{point}").experiment_id])
+        assert run.info.status == "KILLED", point
+        assert run.data.tags["failure_reason"] == f"interrupted ({sig})", point
+        assert "model_uri" not in run.data.tags, point
+        if point == "artifacts":  # interrupted while writing them: none logged, not some
+            assert client.list_artifacts(run.info.run_id) == []
+        if point == "model":  # its files half written: the model is marked FAILED
+            models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+            assert models and all(str(m.status) == "FAILED" for m in models), [m.status for m in models]
+
+
+@pytest.mark.parametrize("ending", ["finished", "interrupted"])
+def test_ending_a_run_stops_its_system_metrics_thread(tracking_uri, ending):
+    """tracking.run stops MLflow's monitor itself (end_run would join it without a timeout)."""
+    import threading
+
+    import mlflow
+
+    from galmorph import tracking
+
+    def monitors():
+        return [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor" and t.is_alive()]
+
+    tracking.configure("monitor")
+    before = set(monitors())
+    try:
+        with tracking.run("r") as active:
+            assert set(monitors()) - before, "no system-metrics thread started"
+            if ending == "interrupted":
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        assert ending == "interrupted"
+    assert not set(monitors()) - before
+    run = mlflow.MlflowClient().get_run(active.info.run_id)
+    assert run.info.status == ("KILLED" if ending == "interrupted" else "FINISHED")
 
 
 def test_runs_land_in_the_experiment_another_process_created_at_the_same_moment(tracking_uri, monkeypatch):
