@@ -350,16 +350,20 @@ def entry() -> None:
     import gc
     import signal
 
+    from galmorph.core import interrupts
+
     with contextlib.suppress(AttributeError, ValueError, OSError):  # no SIGUSR1 (Windows), no stderr fd
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    try:
-        code = main()
-    finally:
-        gc.freeze()
-        # On its way out (the run ended, main's handlers gone): a late signal, such as the
-        # SIGTERM `mlflow run` sends after the terminal's SIGINT, would only turn 130 into -15.
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_IGN)
+    # The process's own handlers (main's block then changes nothing), ignored once main is
+    # done: a late signal, such as the SIGTERM `mlflow run` sends after the terminal's SIGINT,
+    # would only turn 130 into -15.
+    with interrupts.installed(then=signal.SIG_IGN):
+        try:
+            code = main()
+        except KeyboardInterrupt:  # one that came between main's return and the end of the block
+            code = 130
+        finally:
+            gc.freeze()
     sys.exit(code)
 
 

@@ -14,7 +14,8 @@ handler runs, and three places made that unreliable when `galmorph train` was in
 
 So, while `installed()`, a signal is a request that stays pending until a handler of the
 KeyboardInterrupt calls `handled()`: the signal handler raises KeyboardInterrupt, and a
-watchdog thread raises it again every RETRY_S seconds while the request is pending.
+watchdog thread raises it again every RETRY_S seconds while the request is pending, or at
+its next look once sys.unraisablehook reports a finalizer dropped it.
 `pending()` tells a handler that an error stands for an interrupt. Inside `held()` (a
 cleanup that must not be cut short) signals are recorded and raised when it ends, unless
 the cleanup itself outlasts HOLD_S.
@@ -36,6 +37,7 @@ _POLL_S = 0.2
 # between any two bytecodes, possibly while that thread holds a lock, so it takes none.
 _pending: int | None = None  # the signal of the interrupt no handler has taken yet
 _since = 0.0  # when it arrived
+_dropped = False  # a finalizer dropped its KeyboardInterrupt: raise it again at once
 _held_since: list[float] = []  # start times of the held() blocks the main thread is in
 _lock = threading.Lock()  # _active against the watchdog's check-then-signal
 _active = False
@@ -60,6 +62,7 @@ def _handler(signum, frame):
 
 def _watch(main_ident: int) -> None:
     """Raise a pending interrupt in the main thread again, every RETRY_S, until handled."""
+    global _dropped
     last = 0.0
     while True:
         time.sleep(_POLL_S)
@@ -67,9 +70,23 @@ def _watch(main_ident: int) -> None:
             if not _active:
                 return
             signum = _pending
-            if signum is not None and time.monotonic() - max(_since, last) >= RETRY_S:
-                last = time.monotonic()
+            if signum is not None and (_dropped or time.monotonic() - max(_since, last) >= RETRY_S):
+                _dropped, last = False, time.monotonic()
                 signal.pthread_kill(main_ident, signum)  # runs _handler in the main thread
+
+
+def _unraisable(unraisable) -> None:
+    """sys.unraisablehook: our KeyboardInterrupt, dropped by a finalizer or weakref callback,
+    is raised again by the watchdog (not here: an exception of the hook is dropped too), and
+    its "Exception ignored" report is left out. Anything else goes to the previous hook."""
+    global _dropped
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _pending is not None:
+        _dropped = True
+        return
+    _previous_hook(unraisable)
+
+
+_previous_hook = sys.__unraisablehook__
 
 
 def pending() -> str | None:
@@ -103,11 +120,12 @@ def held():
 
 
 @contextlib.contextmanager
-def installed():
+def installed(then=None):
     """SIGTERM, and SIGINT unless the process was started with it ignored (a background job,
-    by POSIX), raise KeyboardInterrupt until handled, for the duration of the block; the
-    previous handlers come back after it."""
-    global _active, _watchdog
+    by POSIX), raise KeyboardInterrupt until handled, for the duration of the block; after
+    it they get `then` (e.g. signal.SIG_IGN for a process on its way out), or by default
+    their previous handlers. Nested blocks change nothing."""
+    global _active, _watchdog, _previous_hook
     if threading.current_thread() is not threading.main_thread() or _active:
         yield
         return
@@ -119,15 +137,18 @@ def installed():
     _watchdog = threading.Thread(target=_watch, args=(threading.get_ident(),), name="galmorph-interrupts",
                                  daemon=True)
     _watchdog.start()
+    _previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable
     for signum in previous:
         signal.signal(signum, _handler)
     try:
         yield
     finally:
-        with _lock:
+        with _lock:  # the watchdog sends nothing after this
             _active = False
         for signum, old in previous.items():
-            signal.signal(signum, signal.SIG_DFL if old is None else old)  # None: not set from Python
+            after = then if then is not None else old
+            signal.signal(signum, signal.SIG_DFL if after is None else after)  # None: not set from Python
+        sys.unraisablehook = _previous_hook
         _watchdog.join(timeout=1)
         _watchdog = None
         handled()

@@ -11,7 +11,6 @@ from conftest import REPO, child_env
 PRELUDE = """
 import signal, sys, threading, time
 from galmorph.core import interrupts
-interrupts.RETRY_S = 0.5  # (2 s in use) read by the watchdog at every look
 MAIN = threading.main_thread().ident
 
 def wait_for_interrupt(seconds):
@@ -25,15 +24,15 @@ def wait_for_interrupt(seconds):
 """
 
 
-def _run(code: str, sigint=signal.SIG_DFL) -> str:
+def _run(code: str, sigint=signal.SIG_DFL) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-c", PRELUDE + code], capture_output=True, text=True, timeout=120,
                           env=child_env(), cwd=REPO, preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
+    return proc
 
 
-def test_an_interrupt_dropped_by_a_finalizer_is_raised_again():
-    out = _run("""
+def test_an_interrupt_dropped_by_a_finalizer_is_raised_again_at_once():
+    proc = _run("""
 class Drops:
     def __del__(self):
         signal.pthread_kill(MAIN, signal.SIGINT)
@@ -46,11 +45,29 @@ with interrupts.installed():
     assert interrupts.pending() == "SIGINT"
     print(*wait_for_interrupt(30))
     assert interrupts.handled() == "SIGINT" and interrupts.pending() is None
-    print(*wait_for_interrupt(2 * interrupts.RETRY_S + 1))  # handled: not raised again
 """)
-    again, after = out.split("\n")[0].split()
-    assert again == "SIGINT" and float(after) < 3 * 0.5, out
-    assert out.split("\n")[1].startswith("None"), out
+    again, after = proc.stdout.split()
+    assert again == "SIGINT" and float(after) < 1.0, proc.stdout  # not RETRY_S (2 s) later: the drop was seen
+    assert "Exception ignored" not in proc.stderr, proc.stderr  # not lost, so not reported as such
+
+
+def test_an_interrupt_swallowed_by_code_is_raised_again_until_handled():
+    proc = _run("""
+interrupts.RETRY_S = 0.5  # read by the watchdog at every look
+with interrupts.installed():
+    try:
+        signal.pthread_kill(MAIN, signal.SIGTERM)
+        wait_for_interrupt(30)
+    except BaseException:  # as some libraries do
+        pass
+    print(*wait_for_interrupt(30))
+    interrupts.handled()
+    print(*wait_for_interrupt(3 * interrupts.RETRY_S))  # handled: not raised again
+""")
+    first, second = proc.stdout.splitlines()
+    again, after = first.split()
+    assert again == "SIGTERM" and 0.3 < float(after) < 0.5 + 3 * 0.2, proc.stdout
+    assert second.startswith("None"), proc.stdout
 
 
 def test_a_signal_in_a_held_cleanup_is_raised_when_it_ends():
@@ -71,13 +88,13 @@ with interrupts.installed():
             signal.pthread_kill(MAIN, signal.SIGINT)
             wait_for_interrupt(0.5)
         print("second held back", interrupts.pending())
-""")
+""").stdout
     assert out.splitlines() == ["cleanup None 1", "after SIGTERM", "second held back SIGINT"], out
 
 
 def test_a_cleanup_that_outlasts_the_hold_is_interrupted():
     out = _run("""
-interrupts.HOLD_S = 1.0
+interrupts.HOLD_S, interrupts.RETRY_S = 1.0, 0.5  # read at every signal / every look
 with interrupts.installed():
     try:
         with interrupts.held():
@@ -85,18 +102,21 @@ with interrupts.installed():
             print(*wait_for_interrupt(30))
     except KeyboardInterrupt:
         print("and again as it ends: not handled()")
-""")
+""").stdout
     first, second = out.splitlines()
     reason, after = first.split()
     assert reason == "SIGINT" and 1.0 <= float(after) < 1.0 + 3 * 0.5, out
     assert second == "and again as it ends: not handled()"
 
 
-def test_handlers_are_restored_and_an_inherited_ignored_sigint_stays_ignored():
+def test_handlers_are_restored_or_ignored_and_an_inherited_ignored_sigint_stays_ignored():
     out = _run("""
 before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
 with interrupts.installed():
     print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN, signal.getsignal(signal.SIGTERM) is interrupts._handler)
 print((signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before)
-""", sigint=signal.SIG_IGN)
-    assert out.split() == ["True", "True", "True"], out
+with interrupts.installed(then=signal.SIG_IGN):  # a process on its way out
+    pass
+print(signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)
+""", sigint=signal.SIG_IGN).stdout
+    assert out.split() == ["True", "True", "True", "True"], out

@@ -192,14 +192,15 @@ def _wait_for_first_epoch(client, experiment: str, proc, timeout: float = 300):
 
 
 @pytest.mark.slow
-def test_ctrl_c_mid_training_leaves_the_run_killed(tracking_uri):
+def test_ctrl_c_mid_training_leaves_the_run_killed(tracking_uri, tmp_path):
     import mlflow
 
+    client = mlflow.MlflowClient()
+    client.create_experiment("interrupt", artifact_location=(tmp_path / "artifacts").as_uri())  # not in the clone
     proc = subprocess.Popen([sys.executable, "-m", "galmorph", "train", "--backend", "torch", "--synthetic-n", "400",
                              "--epochs", "200", "--patience", "0", "--experiment", "interrupt"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_sigint_as_in_a_terminal)
-    client = mlflow.MlflowClient()
     try:
         run = _wait_for_first_epoch(client, "interrupt", proc)
         assert run is not None, "training never logged an epoch"
@@ -238,6 +239,10 @@ def test_an_interrupt_anywhere_ends_the_run_killed_within_seconds(backend, track
 
     report_path = tmp_path / "report.json"
     points = INTERRUPT_POINTS[backend]
+    client = mlflow.MlflowClient()
+    for spec in points:  # artifacts under tmp_path, not in the clone (the process works in it)
+        point = spec.split(":")[0]
+        client.create_experiment(f"interrupt-{point}", artifact_location=(tmp_path / "artifacts" / point).as_uri())
     code = ("import runpy, sys; sys.argv = sys.argv[1:]; "
             "runpy.run_path(sys.argv[0], run_name='__main__')")
     proc = subprocess.Popen([sys.executable, "-c", code, str(REPO / "tests" / "workflows" / "interrupt_points.py"),
@@ -255,7 +260,6 @@ def test_an_interrupt_anywhere_ends_the_run_killed_within_seconds(backend, track
     assert proc.returncode == 130, stderr[-3000:]
     assert last_fired and ended - last_fired[-1] < EXIT_BOUND_S, stderr[-3000:]
     report = json.loads(report_path.read_text())
-    client = mlflow.MlflowClient()
     for spec in points:
         point, sig = spec.split(":")[:2]
         if point in report:  # every point but the last (the process's exit, checked above)
