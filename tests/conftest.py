@@ -188,6 +188,15 @@ def small_space(tmp_path_factory) -> str:
 PG_SECRET = "s3cret-Pw"  # the password of the test role galmorph
 
 
+@pytest.fixture
+def closed_port():
+    """A port on 127.0.0.1 that refuses connections: bound, never listening, held for the test."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    yield sock.getsockname()[1]
+    sock.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

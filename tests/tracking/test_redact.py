@@ -4,7 +4,6 @@ holds a password and cannot be reached."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 
@@ -121,15 +120,6 @@ def test_the_parser_check_catches_what_masking_missed():
 # --- end to end: `galmorph tune` with a storage URL that holds a password and cannot be reached
 
 SECRET = "Pa@ss:w0rd-XYZ"
-
-
-@pytest.fixture
-def closed_port():
-    """A port on 127.0.0.1 that refuses connections: bound, never listening, held for the test."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    yield sock.getsockname()[1]
-    sock.close()
 
 
 @pytest.mark.parametrize("form", ["query", "userinfo", "encoded"])

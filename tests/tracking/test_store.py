@@ -71,15 +71,6 @@ def unwritable_folder(tmp_path):
 
 
 @pytest.fixture
-def closed_port():
-    """A port on 127.0.0.1 that refuses connections: bound, never listening, held for the test."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    yield sock.getsockname()[1]
-    sock.close()
-
-
-@pytest.fixture
 def health_server():
     """An HTTP server on 127.0.0.1 answering /health with server.status; counts the requests."""
 
