@@ -13,3 +13,13 @@ class GalmorphError(Exception):
         if "\n" in message:
             raise ValueError("GalmorphError messages must be one line")
         super().__init__(message)
+
+
+def chain(exc: BaseException | None):
+    """`exc` and every exception it was raised from or during (__cause__, else __context__),
+    each once."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__

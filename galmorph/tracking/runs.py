@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from galmorph.core import interrupts
-from galmorph.core.errors import GalmorphError
+from galmorph.core.errors import GalmorphError, chain
 from galmorph.tracking.secrets import redact
 from galmorph.tracking.store import check_store, store_problem
 
@@ -116,11 +116,8 @@ def _release_frames(exc: BaseException) -> None:
     """
     import traceback
 
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        traceback.clear_frames(exc.__traceback__)  # skips the frames still executing
-        exc = exc.__cause__ or exc.__context__
+    for error in chain(exc):
+        traceback.clear_frames(error.__traceback__)  # skips the frames still executing
 
 
 def _end(active, status: str, error: BaseException | None = None) -> None:

@@ -15,6 +15,7 @@ import threading
 import time
 import warnings
 
+from galmorph.core import errors
 from galmorph.core.errors import GalmorphError
 from galmorph.tracking import redact
 from galmorph.tracking.tags import FAILURE_REASON
@@ -37,12 +38,7 @@ _CREATE_RACE = ("already exists", "duplicate key", "concurrently", "deadlock det
 
 def _chain(exc: BaseException) -> str:
     """The messages of an exception and of every exception it was raised from or during."""
-    texts, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        texts.append(str(exc))
-        exc = exc.__cause__ or exc.__context__
-    return " | ".join(texts)
+    return " | ".join(str(e) for e in errors.chain(exc))
 
 
 def open_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 0, max_retry: int = 3):
