@@ -125,7 +125,7 @@ def installed(then=None):
     by POSIX), raise KeyboardInterrupt until handled, for the duration of the block; after
     it they get `then` (e.g. signal.SIG_IGN for a process on its way out), or by default
     their previous handlers. Nested blocks change nothing."""
-    global _active, _watchdog, _previous_hook
+    global _active, _watchdog, _previous_hook, _dropped
     if threading.current_thread() is not threading.main_thread() or _active:
         yield
         return
@@ -133,7 +133,7 @@ def installed(then=None):
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         previous[signal.SIGINT] = signal.default_int_handler
     handled()
-    _active = True
+    _active, _dropped = True, False
     _watchdog = threading.Thread(target=_watch, args=(threading.get_ident(),), name="galmorph-interrupts",
                                  daemon=True)
     _watchdog.start()
