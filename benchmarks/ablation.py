@@ -1,0 +1,162 @@
+"""The recipe ablation of issue 14: each training ingredient against the baseline, same seeds.
+
+Reads experiments/ablation.yaml (the baseline settings and each ingredient's changes), runs
+`galmorph train` once per (configuration, seed) in its own process, into one MLflow
+experiment, and prints the table: test accuracy and balanced accuracy (plain and over the
+40 test-time views), mean +- sample std over seeds, and each configuration's gain over the
+baseline as the mean of the per-seed differences +- its standard error (a seed fixes the
+split, the augmentation order and the initial weights, so the differences are paired).
+An ingredient "holds" where its mean gain exceeds two standard errors.
+
+Runs already FINISHED in the experiment (found by run name) are not run again, so an
+interrupted sweep continues where it stopped, and `--table-only` reprints the table.
+
+Usage:
+  python benchmarks/ablation.py --data ../shared/data/gz2_zhu5_sample.h5 --backend torch --seeds 0,1,2
+  python benchmarks/ablation.py --data ... --backend torch --only baseline,balanced --table-only
+  python benchmarks/ablation.py --data synthetic --backend keras --seeds 0 --only baseline --set epochs=1
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+METRICS = ("test_accuracy", "test_balanced_accuracy", "test_tta_accuracy", "test_tta_balanced_accuracy")
+
+
+def configurations(path: Path, only: list[str] | None) -> dict[str, dict]:
+    """name -> full settings: the baseline, then each ingredient (its changes on the baseline)."""
+    spec = yaml.safe_load(path.read_text())
+    base = dict(spec["baseline"])
+    out = {"baseline": base}
+    for name, changes in (spec.get("ingredients") or {}).items():
+        out[name] = {**base, **changes}
+    if only:
+        unknown = [n for n in only if n not in out]
+        if unknown:
+            raise SystemExit(f"ablation: unknown configuration(s) {', '.join(unknown)}; known: {', '.join(out)}")
+        out = {n: out[n] for n in only}
+    return out
+
+
+def flags(settings: dict) -> list[str]:
+    out = []
+    for key, value in settings.items():
+        out += ["--" + key.replace("_", "-"), str(value).lower() if isinstance(value, bool) else str(value)]
+    return out
+
+
+def run_name(name: str, backend: str, seed: int) -> str:
+    return f"ablation-{name}-{backend}-s{seed}"
+
+
+def finished(client, experiment_id: str | None, name: str) -> dict | None:
+    """The metrics of the newest FINISHED run called `name`, or None."""
+    if experiment_id is None:
+        return None
+    runs = client.search_runs([experiment_id], f"attributes.run_name = '{name}' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return dict(runs[0].data.metrics) if runs else None
+
+
+def sweep(args, configs: dict[str, dict]) -> dict[tuple[str, int], dict]:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    results = {}
+    for seed in args.seeds:  # seed-major: every configuration gets seed 0 before any gets seed 1
+        for name, settings in configs.items():
+            experiment = client.get_experiment_by_name(args.experiment)
+            key = run_name(name, args.backend, seed)
+            done = finished(client, experiment.experiment_id if experiment else None, key)
+            if done is None and not args.table_only:
+                command = [sys.executable, "-m", "galmorph", "train", "--dataset", args.data, "--backend", args.backend,
+                           *flags({**settings, **args.set}), "--seed", str(seed), "--experiment", args.experiment,
+                           "--run-name", key, "--quiet", "true"]
+                print(f"[{key}]", " ".join(command[3:]), flush=True)
+                subprocess.run(command, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                experiment = client.get_experiment_by_name(args.experiment)
+                done = finished(client, experiment.experiment_id if experiment else None, key)
+            if done is not None:
+                results[(name, seed)] = done
+    return results
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def table(results: dict, configs: dict, seeds: list[int]) -> str:
+    """Markdown: mean +- std per metric, and the paired gain over the baseline +- its SE."""
+    head = "| configuration | seeds | " + " | ".join(m.removeprefix("test_") for m in METRICS) + \
+           " | gain in accuracy | gain in balanced accuracy |"
+    lines = [head, "|" + "---|" * (len(METRICS) + 4)]
+    for name in configs:
+        have = [s for s in seeds if (name, s) in results]
+        if not have:
+            continue
+        cells = []
+        for m in METRICS:
+            vals = [results[(name, s)][m] for s in have if m in results[(name, s)]]
+            cells.append("{:.3f} ± {:.3f}".format(*_mean_std(vals)) if vals else "-")
+        gains = [_gain(results, name, have, m) for m in ("test_accuracy", "test_balanced_accuracy")]
+        lines.append(f"| {name} | {len(have)} | " + " | ".join(cells) + " | " + " | ".join(gains) + " |")
+    return "\n".join(lines)
+
+
+def _gain(results: dict, name: str, seeds: list[int], metric: str) -> str:
+    if name == "baseline":
+        return "-"
+    diffs = [results[(name, s)][metric] - results[("baseline", s)][metric]
+             for s in seeds if ("baseline", s) in results]
+    if not diffs:
+        return "-"
+    mean, std = _mean_std(diffs)
+    if len(diffs) < 2:
+        return f"{mean * 100:+.1f}"
+    se = std / math.sqrt(len(diffs))
+    holds = " (holds)" if mean > 2 * se else ""
+    return f"{mean * 100:+.1f} ± {se * 100:.1f}{holds}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="dataset: a Galaxy10-format .h5 path or a registered name")
+    parser.add_argument("--backend", default="torch", choices=("torch", "keras"))
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--only", default="", help="comma-separated configurations (default: all)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting in every configuration (e.g. epochs=1 for a quick check)")
+    parser.add_argument("--experiment", default="ablation", help="MLflow experiment (default: ablation)")
+    parser.add_argument("--spec", default=str(ROOT / "experiments" / "ablation.yaml"))
+    parser.add_argument("--table-only", action="store_true", help="run nothing; print the table of finished runs")
+    parser.add_argument("--output", default="", help="also write the table (markdown) to this file")
+    args = parser.parse_args(argv)
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.set = dict(item.split("=", 1) for item in args.set)
+    configs = configurations(Path(args.spec), [n for n in args.only.split(",") if n] or None)
+    results = sweep(args, configs)
+    text = f"{args.backend}, {args.data}, seeds {','.join(map(str, args.seeds))}\n\n" + table(results, configs, args.seeds)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
