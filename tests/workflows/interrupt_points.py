@@ -111,8 +111,9 @@ def arm(point: str, sig: int, backend: str):
     if point == "artifacts":  # writing the evaluation artifacts, after training
         return _patch(artifacts, "write_evaluation", lambda f: lambda *a, **k: (fire(sig), f(*a, **k))[1])
     if point == "model":  # saving the model, once MLflow created its LoggedModel (PENDING)
-        # the module itself: before its first import, mlflow.pytorch is a lazy stand-in
-        flavor = importlib.import_module("mlflow.pytorch" if backend == "torch" else "mlflow.keras")
+        # both backends log a pyfunc model (galmorph.inference.pyfunc); the module itself, as
+        # MLflow's Model.log calls it (mlflow.pyfunc.save_model)
+        flavor = importlib.import_module("mlflow.pyfunc")
         return _patch(flavor, "save_model", lambda f: lambda *a, **k: (fire(sig), f(*a, **k))[1])
     raise ValueError(point)
 

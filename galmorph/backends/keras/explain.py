@@ -10,6 +10,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from galmorph.backends.keras.model import logged_network
 from galmorph.core.errors import GalmorphError
 
 
@@ -45,7 +46,5 @@ def conv_gradients(model: keras.Model, x: np.ndarray, class_index, layer_index: 
 
 
 def load_logged_model(uri: str) -> keras.Model:
-    """The keras.Model a galmorph run logged (its `model_uri` tag)."""
-    import mlflow
-
-    return mlflow.keras.load_model(uri)
+    """The keras.Model a galmorph run logged (its `model_uri` tag) (model.logged_network)."""
+    return logged_network(uri)

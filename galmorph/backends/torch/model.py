@@ -3,8 +3,9 @@
 The network takes float32 NHWC images, like the Keras one, and returns logits. With
 channels_last (the `auto` default on a GPU) it runs in channels-last memory (the permute of
 NHWC input is then a free view); on the CPU contiguous NCHW measured faster (126 vs 91 img/s
-for C2 at 63x63, 2 threads), so auto keeps it there; `Probabilities` wraps it for
-inference and for the logged MLflow model. Weights start like Keras's (Glorot-uniform,
+for C2 at 63x63, 2 threads), so auto keeps it there. `Probabilities` wrapped it in
+the mlflow.pytorch models galmorph logged before its models became pyfuncs (kept so that
+those still unpickle). Weights start like Keras's (Glorot-uniform,
 zero biases) so both backends start from the same distribution.
 """
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from galmorph.core import acceleration, training
+from galmorph.core.errors import GalmorphError
 from galmorph.core.specs import NetworkSpec
 
 
@@ -97,13 +99,62 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The galmorph Net inside wrappers (Probabilities, torch.compile, DistributedDataParallel)."""
+    while not hasattr(model, "body"):
+        inner = next((getattr(model, a) for a in ("net", "_orig_mod", "module") if hasattr(model, a)), None)
+        if inner is None:
+            raise GalmorphError(f"{type(model).__name__} is not a galmorph network")
+        model = inner
+    return model
+
+
+NETWORK_FILE = "network.pt"
+
+
+def save_network(model: nn.Module, directory: str) -> list[str]:
+    """Write the network inside `model` (unwrapped, a CPU copy) to `directory` as a pickled
+    module (its modules stay whole: explain reads their activations); return the pip
+    requirements that load it."""
+    import copy
+
+    net = copy.deepcopy(unwrap(model)).to("cpu").eval()
+    torch.save(net, f"{directory}/{NETWORK_FILE}")
+    return [f"torch=={torch.__version__.split('+')[0]}"]
+
+
+def load_network(directory: str) -> nn.Module:
+    """The network save_network wrote to `directory`, in inference mode on this process's
+    device (the GPU where there is one)."""
+    from galmorph.backends.torch.device import device
+
+    # a galmorph Net pickled by galmorph itself: the module objects are the point (save_network)
+    net = torch.load(f"{directory}/{NETWORK_FILE}", map_location="cpu", weights_only=False)
+    return net.to(device()).eval()
+
+
+def logged_network(uri: str) -> nn.Module:
+    """The network of the galmorph model logged at `uri`, on the CPU: from the pyfunc model's
+    artifacts (galmorph.inference.pyfunc.network_dir), or from a model logged before galmorph
+    models were pyfuncs (mlflow.pytorch, unwrapped from Probabilities)."""
+    import tempfile
+
+    import mlflow
+
+    from galmorph.inference.pyfunc import network_dir
+
+    with tempfile.TemporaryDirectory(prefix="galmorph-net-") as tmp:
+        folder = network_dir(uri, tmp)
+        if folder is None:
+            return unwrap(mlflow.pytorch.load_model(uri, map_location="cpu"))
+        return load_network(str(folder)).to("cpu")
+
+
 def load_weights(model: nn.Module, uri: str, freeze: str = "none") -> list[str]:
     """Copy the weights of the network logged at `uri` tensor by tensor (same module names: both
     were built from specs); modules whose shapes differ are left as built and returned.
     freeze "conv": convolutions and batch normalisation get no gradients, BN its running statistics."""
-    from galmorph.backends.torch.explain import load_logged_model
-
-    source = load_logged_model(uri).state_dict()
+    source = logged_network(uri).state_dict()
     state = model.state_dict()
     kept = sorted({key.rsplit(".", 1)[0] for key, t in state.items()
                    if key not in source or source[key].shape != t.shape})
