@@ -81,10 +81,11 @@ def read_planes(path: Path) -> np.ndarray:
     from astropy.io import fits
 
     try:
-        with warnings.catch_warnings(), fits.open(path, memmap=False) as hdul:
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # astropy's verification warnings: the error line says enough
-            data = next((h.data for h in hdul if getattr(h, "data", None) is not None and h.data.size), None)
-            data = None if data is None else np.array(data, dtype=np.float64)
+            with fits.open(path, memmap=False) as hdul:
+                data = next((h.data for h in hdul if getattr(h, "data", None) is not None and h.data.size), None)
+                data = None if data is None else np.array(data, dtype=np.float64)
     except Exception as exc:  # astropy raises OSError, TypeError, ... for broken files
         raise ValueError(" ".join(f"not a readable FITS file ({type(exc).__name__}: {exc})".split())[:300]) from None
     if data is None:

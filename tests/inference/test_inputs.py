@@ -5,7 +5,6 @@ pipeline with a real model: tests/workflows/test_predict.py)."""
 from __future__ import annotations
 
 import csv
-import io
 
 import numpy as np
 import pytest
