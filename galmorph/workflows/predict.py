@@ -86,13 +86,16 @@ class PredictConfig:
 
 @dataclass
 class Summary:
-    """What a predict run did: counts, files written, and seconds spent in the model."""
+    """What a predict run did: counts, files written; seconds in all, from the model's loading
+    to the files written (`pipeline_seconds`: reading, resizing, predicting, writing), and in
+    the model's forward passes alone."""
 
     n_predicted: int
     n_failed: int
     output: Path
     errors: Path
     seconds: float
+    pipeline_seconds: float
     model_seconds: float
 
     @property
@@ -123,8 +126,16 @@ def _fetcher(config: PredictConfig, progress: bool):
     return fetch
 
 
+def _require(module: str, what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise GalmorphError(f"{what} needs {module}, which is not installed; pip install 'galmorph[predict]'")
+
+
 def sources_for(config: PredictConfig, info, progress: bool) -> list:
-    """The inputs' sources for a model described by `info` (ModelInfo)."""
+    """The inputs' sources for a model described by `info` (ModelInfo); GalmorphError when a
+    library that reading them needs is missing."""
     geometry = inputs.Geometry(info.image_side, config.crop)
     cache = Path(config.cutout_cache).expanduser() if config.cutout_cache else cache_dir() / "cutouts"
     scale = config.scale or info.pixel_scale
@@ -133,7 +144,11 @@ def sources_for(config: PredictConfig, info, progress: bool) -> list:
     def catalogue(path: Path):
         return CatalogueSource(path, geometry, cache, scale=scale, fetch=_fetcher(config, progress))
 
-    return inputs.discover(config.input_paths(), geometry, fits_reader=reader, catalogue=catalogue)
+    sources = inputs.discover(config.input_paths(), geometry, fits_reader=reader, catalogue=catalogue)
+    _require("PIL", "galmorph predict")
+    if any(inputs.suffix(f) in inputs.FITS_SUFFIXES for s in sources for f in getattr(s, "files", ())):
+        _require("astropy", "reading FITS files")
+    return sources
 
 
 class _Collector:
@@ -219,6 +234,7 @@ def run(config: PredictConfig, *, progress: bool | None = None) -> Summary:
         progress = not config.quiet and sys.stderr.isatty()
     output = Path(config.output).expanduser()
     model = load(config.model)
+    loaded = time.perf_counter()
     sources = sources_for(config, model.info, progress)
     bar = _progress_bar(sum(len(s) for s in sources), progress)
     collector = _Collector(model, config, bar)
@@ -233,4 +249,5 @@ def run(config: PredictConfig, *, progress: bool | None = None) -> Summary:
     errors = errors_path(output)
     _write_errors(errors, collector.errors)
     n_ok = sum(len(p) for p in collector.proba)
-    return Summary(n_ok, len(collector.errors), output, errors, time.perf_counter() - started, collector.model_seconds)
+    done = time.perf_counter()
+    return Summary(n_ok, len(collector.errors), output, errors, done - started, done - loaded, collector.model_seconds)
