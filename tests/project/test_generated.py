@@ -28,7 +28,7 @@ def test_every_entry_point_exposes_its_config_with_the_same_defaults():
     predict = eps["predict"]
     check_entry_point({**predict, "parameters": {k: v for k, v in predict["parameters"].items()
                                                  if k not in ("model", "inputs")}}, PredictConfig, ("model", "inputs"))
-    assert predict["command"].startswith("python -m galmorph predict {model} {inputs}\n")
+    assert predict["command"].startswith("python -m galmorph predict {model} {inputs} --output {output}")
     assert "default" not in predict["parameters"]["model"] and "default" not in predict["parameters"]["inputs"]
     assert "--schemes pairs:{scheme}" in eps["pairs"]["command"]
     assert "default" not in eps["explain"]["parameters"]["run_id"]
