@@ -1,5 +1,5 @@
 """`galmorph predict` end to end with a real model: one tiny torch model trained here (1 epoch,
-width 0.25, 32 px images), then the command on a mix of every input kind and every bad input
+width 0.25, 48 px images), then the command on a mix of every input kind and every bad input
 of issue 11, through galmorph.cli.main (its exit codes and `galmorph: error:` lines)."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("predict")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    h5 = make_h5(tmp / "train.h5", n=60, size=32, n_classes=3, id=np.arange(1000, 1060))
+    h5 = make_h5(tmp / "train.h5", n=60, size=48, n_classes=3, id=np.arange(1000, 1060))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)
@@ -77,7 +77,7 @@ def test_predict_mixed_inputs_bad_ones_in_the_errors_file(env, server, tmp_path,
     import h5py
     from astropy.io import fits as afits
 
-    from galmorph.inference.model import load
+    from galmorph.inference.model import column, load
 
     run_id, h5, tmp, _ = env
     folder = _inputs(tmp_path, h5)
@@ -91,7 +91,7 @@ def test_predict_mixed_inputs_bad_ones_in_the_errors_file(env, server, tmp_path,
     cat = tmp_path / "cat.csv"
     cat.write_text(f"id,ra,dec\nc0,{RA[0]},{DEC[0]}\nc1,{RA[1]},{DEC[1]}\nc404,{RA[2]},{DEC[2]}\n"
                    f"chtml,{RA[3]},{DEC[3]}\ncpole,{RA[4]},95\ncnora,,{DEC[5]}\n")
-    server.state.expect = ("0.5", "32", "32")
+    server.state.expect = ("0.5", "48", "48")
     server.state.modes = {2: "404", 3: "html"}
     out = tmp_path / "p.csv"
     argv = ["predict", run_id, str(folder), str(h5), str(tmp_path / "one.fits"), str(tmp_path / "nan.fits"),
@@ -102,20 +102,20 @@ def test_predict_mixed_inputs_bad_ones_in_the_errors_file(env, server, tmp_path,
     rows, errors = _rows(out), {r["source"]: r["error"] for r in _rows(tmp_path / "p.errors.csv")}
     model = load(run_id)
     names = model.info.class_names
-    assert list(rows[0])[:1] == ["source"] and [f"p_{c}" for c in names] == [k for k in rows[0] if k.startswith("p_")]
+    assert list(rows[0])[:1] == ["source"] and [column(c) for c in names] == [k for k in rows[0] if k.startswith("p_")]
     by_source = {r["source"]: r for r in rows}
     assert len(rows) == 6 + 60 + 1 + 2  # images, h5 rows, fits, catalogue
     # the .h5 rows and the lossless PNGs of the same images (and the 2x one, area-averaged back) agree
     with h5py.File(h5) as f:
         images = f["images"][:]
     direct = model.predict(images).proba
-    p = np.array([[float(by_source[f"{h5}[{k}]"][f"p_{c}"]) for c in names] for k in range(60)])
+    p = np.array([[float(by_source[f"{h5}[{k}]"][column(c)]) for c in names] for k in range(60)])
     np.testing.assert_allclose(p, direct, atol=1e-5)
     for name, k in (("g0.png", 0), ("g3.png", 3), ("sub/big4.png", 4)):
-        got = [float(by_source[str(folder / name)][f"p_{c}"]) for c in names]
+        got = [float(by_source[str(folder / name)][column(c)]) for c in names]
         np.testing.assert_allclose(got, direct[k], atol=1e-5)
     assert by_source[f"{h5}[7]"]["id"] == "1007" and by_source["c1"]["ra"] == str(RA[1])
-    assert all(r["predicted"] in names and abs(float(r["confidence"]) - max(float(r[f"p_{c}"]) for c in names)) < 1e-6
+    assert all(r["predicted"] in names and abs(float(r["confidence"]) - max(float(r[column(c)]) for c in names)) < 1e-6
                for r in rows)
     assert list(by_source)[:6] == [str(folder / n) for n in ("g0.png", "g1.png", "g2.png", "g3.png", "sub/big4.png",
                                                              "sub/g5.jpg")]
@@ -123,7 +123,7 @@ def test_predict_mixed_inputs_bad_ones_in_the_errors_file(env, server, tmp_path,
         str(tmp_path / "nan.fits"), str(tmp_path / "four.fits"), str(tmp_path / "noimages.h5"), "c404", "chtml",
         "cpole", "cnora"}
     assert errors["c404"] == "HTTP 404" and "decodable" in errors["chtml"] and "dec 95" in errors["cpole"]
-    assert "1 failed" not in capsys.readouterr().out  # the summary line counts them all
+    assert f"{out}: 69 galaxies predicted; 11 failed, listed in {tmp_path / 'p.errors.csv'}" in capsys.readouterr().out
     # a second run fetches only what failed: the catalogue's good cutouts are cached
     before = sum(server.state.requests.values())
     assert cli.main(["predict", run_id, str(cat), "--output", str(tmp_path / "again.csv"), "--scale", "0.5",
@@ -131,7 +131,7 @@ def test_predict_mixed_inputs_bad_ones_in_the_errors_file(env, server, tmp_path,
                      str(tmp_path / "cache"), "--quiet", "--tta"]) == 1
     assert sum(server.state.requests.values()) - before == 2
     again = {r["source"]: r for r in _rows(tmp_path / "again.csv")}
-    assert set(again) == {"c0", "c1"} and again["c0"]["p_" + names[0]] != by_source["c0"]["p_" + names[0]]  # tta
+    assert set(again) == {"c0", "c1"} and again["c0"][column(names[0])] != by_source["c0"][column(names[0])]  # tta
 
 
 def test_usage_errors_write_nothing(env, tmp_path, capsys):
