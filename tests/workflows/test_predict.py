@@ -155,3 +155,43 @@ def test_usage_errors_write_nothing(env, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("galmorph: error: ") and words in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.csv"]
+
+
+def test_ensemble_and_registered_alias(env, tmp_path, capsys):
+    """An ensemble (galmorph.inference.pyfunc.log_ensemble of this model and a second seed)
+    adds p_<class>_std and averages its members; models:/NAME@ALIAS is accepted."""
+    import dataclasses
+
+    import h5py
+    import mlflow
+
+    from galmorph.config import TrainConfig
+    from galmorph.inference import pyfunc
+    from galmorph.inference.model import column, load
+    from galmorph.workflows import train
+
+    run_id, h5, tmp, _ = env
+    started = []
+    train.run(TrainConfig(dataset=str(h5), backend="torch", model="c2", width=0.25, dense_units=16, epochs=1,
+                          batch_size=16, threads=1, quiet=True, experiment="predict", augment="none", seed=1),
+              started=started.append)
+    members = [load(r) for r in (run_id, started[0])]
+    with h5py.File(h5) as f:
+        images = f["images"][:5]
+    info = dataclasses.replace(members[0].info, kind="ensemble", members=(run_id, started[0]), run_id="")
+    with mlflow.start_run():
+        uri = pyfunc.log_ensemble([m.uri for m in members], info, images[:2])
+    version = mlflow.register_model(members[0].uri, "gm")
+    mlflow.MlflowClient().set_registered_model_alias("gm", "champ", version.version)
+    names = info.class_names
+    assert cli.main(["predict", uri, str(h5), "--output", str(tmp_path / "ens.csv"), "--quiet"]) == 0
+    rows = _rows(tmp_path / "ens.csv")[:5]
+    got = np.array([[float(r[column(c)]) for c in names] for r in rows])
+    std = np.array([[float(r[column(c) + "_std"]) for c in names] for r in rows])
+    each = np.stack([m.predict(images).proba for m in members])
+    np.testing.assert_allclose(got, each.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(std, each.std(axis=0), atol=1e-5)
+    assert cli.main(["predict", "models:/gm@champ", str(h5), "--output", str(tmp_path / "alias.csv"), "--quiet"]) == 0
+    alias = np.array([[float(r[column(c)]) for c in names] for r in _rows(tmp_path / "alias.csv")[:5]])
+    np.testing.assert_allclose(alias, each[0], atol=1e-5)
+    assert not any(k.endswith("_std") for k in _rows(tmp_path / "alias.csv")[0])
