@@ -160,8 +160,6 @@ def test_usage_errors_write_nothing(env, tmp_path, capsys):
 def test_ensemble_and_registered_alias(env, tmp_path, capsys):
     """An ensemble (galmorph.inference.pyfunc.log_ensemble of this model and a second seed)
     adds p_<class>_std and averages its members; models:/NAME@ALIAS is accepted."""
-    import dataclasses
-
     import h5py
     import mlflow
 
@@ -178,12 +176,11 @@ def test_ensemble_and_registered_alias(env, tmp_path, capsys):
     members = [load(r) for r in (run_id, started[0])]
     with h5py.File(h5) as f:
         images = f["images"][:5]
-    info = dataclasses.replace(members[0].info, kind="ensemble", members=(run_id, started[0]), run_id="")
-    with mlflow.start_run():
-        uri = pyfunc.log_ensemble([m.uri for m in members], info, images[:2])
+    with mlflow.start_run() as parent:
+        uri = pyfunc.log_ensemble([m.uri for m in members], parent.info.run_id, [run_id, started[0]])
     version = mlflow.register_model(members[0].uri, "gm")
     mlflow.MlflowClient().set_registered_model_alias("gm", "champ", version.version)
-    names = info.class_names
+    names = members[0].info.class_names
     assert cli.main(["predict", uri, str(h5), "--output", str(tmp_path / "ens.csv"), "--quiet"]) == 0
     rows = _rows(tmp_path / "ens.csv")[:5]
     got = np.array([[float(r[column(c)]) for c in names] for r in rows])
