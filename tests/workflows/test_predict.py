@@ -5,10 +5,13 @@ of issue 11, through galmorph.cli.main (its exit codes and `galmorph: error:` li
 from __future__ import annotations
 
 import csv
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import make_h5
+from conftest import REPO, child_env, make_h5, wait_for
 from skyserver import DEC, RA
 
 from galmorph import cli
@@ -192,3 +195,34 @@ def test_ensemble_and_registered_alias(env, tmp_path, capsys):
     alias = np.array([[float(r[column(c)]) for c in names] for r in _rows(tmp_path / "alias.csv")[:5]])
     np.testing.assert_allclose(alias, each[0], atol=1e-5)
     assert not any(k.endswith("_std") for k in _rows(tmp_path / "alias.csv")[0])
+
+
+def test_catalogue_run_interrupted_half_way_resumes_from_cached_cutouts(env, server, tmp_path):
+    """Ctrl-C while cutouts are being fetched: exit 130, no output; the next run requests only
+    the cutouts that were not cached (every galaxy is asked for exactly once overall)."""
+    run_id, _, _, uri = env
+    cat = tmp_path / "cat.csv"
+    cat.write_text("id,ra,dec\n" + "".join(f"g{k},{RA[k]},{DEC[k]}\n" for k in range(8)))
+    server.state.expect = ("0.5", "48", "48")
+    server.state.delay = 0.3
+    cache, out = tmp_path / "cache", tmp_path / "p.csv"
+    argv = ["predict", run_id, str(cat), "--output", str(out), "--scale", "0.5", "--cutout-url",
+            f"{server.base}/cutout", "--workers", "1", "--cutout-cache", str(cache), "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "galmorph", *argv], cwd=REPO,
+                            env=child_env({"MLFLOW_TRACKING_URI": uri}), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        wait_for(lambda: len(list(cache.glob("*.jpg"))) >= 2 or proc.poll() is not None, 120, "two cached cutouts")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr[-2000:]
+    cached = len(list(cache.glob("*.jpg")))
+    assert 2 <= cached < 8 and not out.exists() and not (tmp_path / "p.errors.csv").exists()
+    server.state.delay = 0
+    assert cli.main(argv) == 0
+    assert sum(server.state.requests.values()) == 8 and set(server.state.requests.values()) == {1}
+    assert [r["source"] for r in _rows(out)] == [f"g{k}" for k in range(8)]
