@@ -160,6 +160,11 @@ def test_catalogue_rows_fetch_resume_and_errors(server, tmp_path):
     assert sum(server.state.requests.values()) == 4
     list(CatalogueSource(cat, G, tmp_path / "cache", scale=0.396, fetch=fetch))  # cached: only the failures again
     assert sum(server.state.requests.values()) == 6
+    # a scale column serves a model without a fixed pixel scale; these cutouts are cached at 0.396
+    scaled = _catalogue(tmp_path / "scaled.csv", [["ra", "dec", "scale"], [RA[0], DEC[0], 0.396], [RA[1], DEC[1], ""]])
+    got = list(CatalogueSource(scaled, G, tmp_path / "cache", scale=None, fetch=fetch))
+    assert got[0].image.shape == (32, 32, 3) and got[0].source == f"{scaled}[0]" and "no usable pixel scale" in got[1].error
+    assert sum(server.state.requests.values()) == 6
     with pytest.raises(GalmorphError, match="needs a scale column"):
         CatalogueSource(cat, G, tmp_path / "cache", scale=None, fetch=fetch)
     with pytest.raises(GalmorphError, match="no ra column"):
