@@ -65,9 +65,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> None:
         if s.name in skip:
             continue
         help_text = s.help + (" (required)" if s.required else f" (default: {s.default})")
+        # a bare boolean flag (`--tta`) means true; `--tta false` (as MLproject passes it) still works
+        extra = {"nargs": "?", "const": True} if s.type is bool else {}
         parser.add_argument(s.flag, dest=s.name, type=_bool if s.type is bool else s.type, default=s.default,
                             required=s.required, choices=s.choices, metavar=None if s.choices else s.name.upper(),
-                            help=help_text)
+                            help=help_text, **extra)
 
 
 def _bool(text):
@@ -209,6 +211,15 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from galmorph.workflows import predict
+
+    summary = predict.run(config_from(args, predict.PredictConfig))
+    failed = f"; {summary.n_failed} failed, listed in {summary.errors}" if summary.n_failed else ""
+    print(f"{summary.output}: {summary.n_predicted} galaxies predicted{failed}", flush=True)
+    return summary.exit_code
+
+
 def _command(sub, name: str, cls, func, help: str, description: str, skip=()) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=description, allow_abbrev=False)  # a _Parser, like its parent
     if cls is not None:
@@ -225,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     from galmorph.workflows.explain import ExplainConfig
     from galmorph.workflows.hierarchy import HierarchyConfig
     from galmorph.workflows.multiseed import MultiseedConfig
+    from galmorph.workflows.predict import PredictConfig
     from galmorph.workflows.report import ReportConfig
     from galmorph.workflows.tune import RetrainConfig, TuneConfig
 
@@ -288,7 +300,22 @@ def build_parser() -> argparse.ArgumentParser:
     _command(sub, "explain", ExplainConfig, cmd_explain, "feature maps and Grad-CAM of a logged run's model, added to that run",
              "Load a finished run's model, config and split, and log feature maps of the first convolutions and "
              "Grad-CAM saliency of a few test galaxies per class under explain/.")
+    p = _command(sub, "predict", PredictConfig, cmd_predict,
+                 "classify your own galaxies (images, folders, FITS, .h5, catalogues) with a logged model",
+                 "Predict class probabilities of JPEG/PNG images and folders of them, FITS files, Galaxy10-format "
+                 ".h5 files and CSV catalogues (ra, dec; cutouts from the SDSS SkyServer) with a logged galmorph "
+                 "model, written to --output; galaxies that cannot be read go to <stem>.errors.csv. Exit code 0: all "
+                 "predicted; 1: some failed; 2: usage error (nothing written). See docs/predict.md.",
+                 skip=("model", "inputs"))
+    p.add_argument("model", metavar="MODEL", help=_help_of(PredictConfig, "model"))
+    p.add_argument("inputs", metavar="INPUT", nargs="+", help=_help_of(PredictConfig, "inputs"))
     return parser
+
+
+def _help_of(cls, name: str) -> str:
+    from galmorph.config import settings_of
+
+    return next(s.help for s in settings_of(cls) if s.name == name)
 
 
 def quiet_mlflow() -> None:

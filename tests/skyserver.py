@@ -54,7 +54,8 @@ def _jpeg(k: int, size: int = 110, blank: bool = False) -> bytes:
     arr = np.empty((size, size, 3), np.uint8)
     arr[..., 0], arr[..., 1], arr[..., 2] = R_I, G_R, g_value(k)
     c = size // 2
-    arr[c - 15:c + 15, c - 15:c + 15] += 40
+    h = min(15, size // 4)
+    arr[c - h:c + h, c - h:c + h] += 40
     if blank:
         arr[:] = 0
     buf = io.BytesIO()
@@ -69,7 +70,8 @@ class _State:
         self.catalogue_queries: list[dict] = []
         self.catalogue_raw: list[str] = []
         self.votable_bodies: list[str] = []
-        self.modes: dict[int, str] = {}  # galaxy -> ok | fail_once | 429_once | slow_once | always500 | truncated | wrong_size | html | blank
+        self.modes: dict[int, str] = {}  # galaxy -> ok | fail_once | 429_once | slow_once | always500 | truncated | wrong_size | html | blank | 404
+        self.expect = ("0.7", "110", "110")  # the scale, width and height every cutout request must ask for
         self.down: set[int] = set()  # galaxies answered 500 while listed
         self.delay = 0.0  # seconds every cutout request takes
         self.slow_s = 3.0
@@ -141,7 +143,8 @@ class _Handler(BaseHTTPRequestHandler):
             state.inflight += 1
             state.max_inflight = max(state.max_inflight, state.inflight)
         try:
-            assert q["scale"] == "0.7" and q["width"] == "110" and q["height"] == "110", q
+            assert (q["scale"], q["width"], q["height"]) == state.expect, q
+            size = int(q["width"])
             if state.delay:
                 time.sleep(state.delay)
             mode = "down" if k in state.down else state.modes.get(k, "ok")
@@ -151,16 +154,18 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(429, b"Too Many Requests", "text/plain", {"Retry-After": "0"})
             if mode == "slow_once" and nth == 1:
                 time.sleep(state.slow_s)
+            if mode == "404":
+                return self._send(404, b"<html><body>Not Found</body></html>", "text/html")
             if mode == "truncated":
-                data = _jpeg(k)
+                data = _jpeg(k, size)
                 return self._send(200, data[: len(data) // 2], "image/jpeg")
             if mode == "wrong_size":
-                return self._send(200, _jpeg(k, size=100), "image/jpeg")
+                return self._send(200, _jpeg(k, size=size - 10), "image/jpeg")
             if mode == "blank":
-                return self._send(200, _jpeg(k, blank=True), "image/jpeg")
+                return self._send(200, _jpeg(k, size, blank=True), "image/jpeg")
             if mode == "html":
                 return self._send(200, b"<html>Error: no image here</html>", "text/html")
-            return self._send(200, _jpeg(k), "image/jpeg")
+            return self._send(200, _jpeg(k, size), "image/jpeg")
         finally:
             with state.lock:
                 state.inflight -= 1

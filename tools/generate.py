@@ -21,6 +21,7 @@ from galmorph.data.nair2010 import PrepareConfig
 from galmorph.workflows.explain import ExplainConfig
 from galmorph.workflows.hierarchy import HierarchyConfig
 from galmorph.workflows.multiseed import MultiseedConfig
+from galmorph.workflows.predict import PredictConfig
 from galmorph.workflows.report import ReportConfig
 from galmorph.workflows.tune import RetrainConfig, TuneConfig
 
@@ -34,6 +35,7 @@ class EntryPoint:
     config: type
     fixed: dict = field(default_factory=dict)  # flags with a fixed value (not parameters)
     comment: str = ""
+    positional: tuple = ()  # settings passed as positional arguments, in this order, before the flags
 
 
 def _model_entry(model: str, backend: str, name: str | None = None) -> EntryPoint:
@@ -66,6 +68,9 @@ ENTRY_POINTS = [
                comment="The reproduction report (Markdown + HTML) from finished runs, logged as this run's artifacts."),
     EntryPoint("explain", "explain", ExplainConfig,
                comment="Feature maps and Grad-CAM of a finished run's logged model, added to that run under explain/."),
+    EntryPoint("predict", "predict", PredictConfig, positional=("model", "inputs"),
+               comment="A logged model on your galaxies (one input: an image, a folder, a FITS, .h5 or .csv file); "
+               "exit code 1 when some failed (docs/predict.md)."),
 ]
 
 HEADER = """\
@@ -112,8 +117,9 @@ def mlproject() -> str:
         else:
             out.append(f"    parameters:\n{block}\n")
         fixed = " ".join(f"--{k.replace('_', '-')}" + ("" if v is None else f" {v}") for k, v in ep.fixed.items())
-        flags = " ".join(f"{s.flag} {{{s.name}}}" for s in params)
-        words = " ".join(w for w in (f"python -m galmorph {ep.command}", fixed) if w)
+        flags = " ".join(f"{s.flag} {{{s.name}}}" for s in params if s.name not in ep.positional)
+        words = " ".join(w for w in (f"python -m galmorph {ep.command}", fixed,
+                                     " ".join(f"{{{name}}}" for name in ep.positional)) if w)
         out.append(f"    command: >-\n      {words}\n      {flags}\n\n")
     return "".join(out).rstrip() + "\n"
 

@@ -10,6 +10,7 @@ from galmorph.data.nair2010 import PrepareConfig
 from galmorph.workflows.explain import ExplainConfig
 from galmorph.workflows.hierarchy import HierarchyConfig
 from galmorph.workflows.multiseed import MultiseedConfig
+from galmorph.workflows.predict import PredictConfig
 from galmorph.workflows.report import ReportConfig
 
 
@@ -24,5 +25,10 @@ def test_every_entry_point_exposes_its_config_with_the_same_defaults():
                             ("pairs", MultiseedConfig, ()), ("hierarchical", HierarchyConfig, ()),
                             ("report", ReportConfig, ()), ("explain", ExplainConfig, ())):
         check_entry_point(eps[name], cls, skip)
+    predict = eps["predict"]
+    check_entry_point({**predict, "parameters": {k: v for k, v in predict["parameters"].items()
+                                                 if k not in ("model", "inputs")}}, PredictConfig, ("model", "inputs"))
+    assert predict["command"].startswith("python -m galmorph predict {model} {inputs} --output {output}")
+    assert "default" not in predict["parameters"]["model"] and "default" not in predict["parameters"]["inputs"]
     assert "--schemes pairs:{scheme}" in eps["pairs"]["command"]
     assert "default" not in eps["explain"]["parameters"]["run_id"]

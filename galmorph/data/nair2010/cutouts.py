@@ -4,7 +4,10 @@ with a bounded thread pool under one token-bucket rate limit.
 Every request goes through the rate limit; failed ones are retried under galmorph's HTTP
 policy (`galmorph.data.http`), waiting on the pool's stop event so that Ctrl-C ends the
 run at once. A good cutout is stored in the cache the moment it arrives (temp name, then
-``os.replace``); a bad one (not a 110x110 RGB JPEG, or blank) is never stored.
+``os.replace``); a bad one (not a size x size RGB JPEG, or blank) is never stored.
+
+The nair2010 preparation fetches 110 px at 0.7 arcsec/px; `galmorph predict` fetches a
+catalogue's cutouts with the same functions at its model's side and pixel scale.
 """
 
 from __future__ import annotations
@@ -64,13 +67,13 @@ class _Sessions:
             s.close()
 
 
-def _check_cutout(data: bytes) -> str | None:
-    """None when `data` is a 110x110 RGB JPEG that decodes completely, else the reason."""
+def _check_cutout(data: bytes, size: int = SIZE) -> str | None:
+    """None when `data` is a size x size RGB JPEG that decodes completely, else the reason."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            fmt, size, mode = im.format, im.size, im.mode
+            fmt, got, mode = im.format, im.size, im.mode
             im.load()
             extrema = im.getextrema()
     except Exception as exc:  # PIL raises many types for broken files
@@ -78,8 +81,8 @@ def _check_cutout(data: bytes) -> str | None:
         return one_line(f"not a decodable image ({type(exc).__name__}: {exc}; starts {head!r})")[:300]
     if fmt != "JPEG":
         return f"not a JPEG ({fmt})"
-    if size != (SIZE, SIZE):
-        return f"wrong size {size[0]}x{size[1]} (expected {SIZE}x{SIZE})"
+    if got != (size, size):
+        return f"wrong size {got[0]}x{got[1]} (expected {size}x{size})"
     if mode != "RGB":
         return f"not an RGB colour image (mode {mode})"
     # Outside the footprint SkyServer answers a uniform image; galmorph's HDF5 reader
@@ -89,23 +92,24 @@ def _check_cutout(data: bytes) -> str | None:
     return None
 
 
-def decode(path: Path) -> np.ndarray:
-    """The stored cutout at `path` as uint8 (SIZE, SIZE, 3); ValueError (or PIL's error) when
-    it is not a SIZE x SIZE RGB JPEG."""
+def decode(path: Path, size: int = SIZE) -> np.ndarray:
+    """The stored cutout at `path` as uint8 (size, size, 3); ValueError (or PIL's error) when
+    it is not a size x size RGB JPEG."""
     from PIL import Image
 
     with Image.open(path) as im:
-        if im.format != "JPEG" or im.size != (SIZE, SIZE) or im.mode != "RGB":
+        if im.format != "JPEG" or im.size != (size, size) or im.mode != "RGB":
             raise ValueError(f"{im.format} {im.size} {im.mode}")
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def _fetch_cutout(session: requests.Session, url: str, ra: float, dec: float, *, timeout: float,
-                  retries: int, bucket: _TokenBucket, stop: threading.Event) -> tuple[bytes | None, str | None]:
-    """(JPEG bytes, None) or (None, reason). Retries what the HTTP policy retries, up to
-    `retries` times; any other request error propagates."""
-    params = {"ra": f"{ra:.6f}", "dec": f"{dec:.6f}", "scale": f"{SCALE_ARCSEC:g}",
-              "width": str(SIZE), "height": str(SIZE)}
+                  retries: int, bucket: _TokenBucket, stop: threading.Event, scale: float = SCALE_ARCSEC,
+                  size: int = SIZE) -> tuple[bytes | None, str | None]:
+    """(JPEG bytes, None) or (None, reason): a size x size cutout at `scale` arcsec/px. Retries
+    what the HTTP policy retries, up to `retries` times; any other request error propagates."""
+    params = {"ra": f"{ra:.6f}", "dec": f"{dec:.6f}", "scale": f"{scale:g}",
+              "width": str(size), "height": str(size)}
     reason = "not attempted"
     for attempt in range(retries + 1):
         if not bucket.acquire(stop):
@@ -120,7 +124,7 @@ def _fetch_cutout(session: requests.Session, url: str, ra: float, dec: float, *,
             reason = type(exc).__name__
         else:
             if status == 200:
-                return (content, None) if (bad := _check_cutout(content)) is None else (None, bad)
+                return (content, None) if (bad := _check_cutout(content, size)) is None else (None, bad)
             reason = f"HTTP {status}"
             if not http.retryable_status(status):
                 return None, reason
@@ -150,27 +154,30 @@ def _store_cutout(path: Path, data: bytes):
     atomic_write(path, lambda fh: fh.write(data), text=False, sync=False)
 
 
-def download_cutouts(todo, files, ra, dec, failures, *, url, workers, max_rate, retries, timeout, progress) -> None:
-    """Fetch and store the cutouts of rows `todo` (into ``files[k]``); failures go into
-    `failures` (row -> reason). On Ctrl-C or an error the workers stop at their next wait,
-    the queue is dropped and what was stored stays stored."""
+def download_cutouts(todo, files, ra, dec, failures, *, url, workers, max_rate, retries, timeout, progress,
+                     scale=SCALE_ARCSEC, size: int = SIZE, desc: str = "nair2010 cutouts") -> None:
+    """Fetch and store the cutouts of rows `todo` (into ``files[k]``), size x size px at `scale`
+    arcsec/px (one number, or one per row); failures go into `failures` (row -> reason). On
+    Ctrl-C or an error the workers stop at their next wait, the queue is dropped and what was
+    stored stays stored."""
     from tqdm.auto import tqdm
 
     if not todo:
         return
     bucket, stop, sessions = _TokenBucket(max_rate), threading.Event(), _Sessions()
+    scales = scale if np.ndim(scale) else [scale] * len(files)
 
     def job(k: int) -> tuple[int, str | None]:
         if stop.is_set():
             return k, "interrupted"
         data, reason = _fetch_cutout(sessions.get(), url, ra[k], dec[k], timeout=timeout, retries=retries,
-                                     bucket=bucket, stop=stop)
+                                     bucket=bucket, stop=stop, scale=scales[k], size=size)
         if data is not None:
             _store_cutout(files[k], data)
         return k, reason
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nair2010")
-    bar = tqdm(total=len(todo), desc="nair2010 cutouts", unit="img", disable=not progress)
+    bar = tqdm(total=len(todo), desc=desc, unit="img", disable=not progress)
     try:
         futures = [pool.submit(job, k) for k in todo]
         for fut in as_completed(futures):

@@ -1,0 +1,118 @@
+"""A CSV catalogue of coordinates as a source of galaxies: SDSS SkyServer cutouts at the
+model's side and pixel scale, fetched by the nair2010 fetcher (galmorph.data.nair2010.cutouts:
+one token-bucket rate limit, retries under galmorph's HTTP policy, each good cutout stored in
+the cache the moment it arrives).
+
+Columns (names case-insensitive): `ra` and `dec` in degrees (required), `id` (optional; the
+output's source, else `<file>.csv[row]`), `scale` in arcsec/px (optional; else --scale, else
+the model's training pixel scale). A cutout is cached under
+`<cache>/<ra>_<dec>_<scale>_<side>.jpg`, so a run that was interrupted, or a later run on an
+overlapping catalogue, fetches only what is not cached yet.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+from galmorph.core.errors import GalmorphError
+from galmorph.inference.inputs import Entry, Geometry, one_line
+
+
+def cutout_file(cache: Path, ra: float, dec: float, scale: float, side: int) -> Path:
+    return cache / f"{ra:.6f}_{dec:+.6f}_{scale:g}_{side}.jpg"
+
+
+def _number(text) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def read_rows(path: Path) -> tuple[list[dict], list[str]]:
+    """The rows of a catalogue (keys lower-cased) and its column names; GalmorphError when it
+    cannot be read or lacks ra or dec."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip().lower() for c in reader.fieldnames or []]
+            rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise GalmorphError(f"catalogue {path}: cannot read it as CSV ({one_line(exc)})") from None
+    missing = [c for c in ("ra", "dec") if c not in columns]
+    if missing:
+        raise GalmorphError(f"catalogue {path} has no {' or '.join(missing)} column (has: {', '.join(columns) or 'none'}); "
+                            "give ra and dec in degrees, with an optional id and scale (arcsec/px)")
+    return rows, columns
+
+
+class CatalogueSource:
+    """The galaxies of one catalogue, one entry per row in file order. `fetch(todo, files, ra,
+    dec, scales, failures, side)` fetches the side x side cutouts of rows `todo` into `files`
+    (the nair2010 fetcher with the run's URL, rate and retries); it is called once, when
+    iteration starts. Catalogue cutouts come at the model's side: --crop does not apply."""
+
+    kind = "catalogue"
+
+    def __init__(self, path: Path, geometry: Geometry, cache: Path, *, scale: float | None, fetch):
+        self.path, self.geometry, self.cache, self.fetch = path, geometry, cache, fetch
+        self.rows, columns = read_rows(path)
+        if scale is None and "scale" not in columns:
+            raise GalmorphError(f"the model's training set has no fixed pixel scale (each cutout was scaled to its galaxy), "
+                                f"so catalogue {path} needs a scale column in arcsec/px, or pass --scale")
+        self.default_scale = scale
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _plan(self) -> tuple[list, list, list, list, dict]:
+        """(ra, dec, scale, cache file per row, {row: reason} for rows that cannot have a cutout)."""
+        ras, decs, scales, files, problems = [], [], [], [], {}
+        for k, row in enumerate(self.rows):
+            ra, dec = _number(row.get("ra")), _number(row.get("dec"))
+            scale = _number(row.get("scale")) if row.get("scale") else self.default_scale
+            if ra is None:
+                problems[k] = f"ra missing or not a number ({row.get('ra')!r})"
+            elif dec is None:
+                problems[k] = f"dec missing or not a number ({row.get('dec')!r})"
+            elif not 0 <= ra < 360:
+                problems[k] = f"ra {ra:g} outside [0, 360) degrees"
+            elif not -90 <= dec <= 90:
+                problems[k] = f"dec {dec:g} outside [-90, 90] degrees"
+            elif scale is None or scale <= 0:
+                problems[k] = f"no usable pixel scale ({row.get('scale')!r}); give a positive scale in arcsec/px"
+            ras.append(ra if ra is not None else math.nan)
+            decs.append(dec if dec is not None else math.nan)
+            scales.append(scale if scale is not None else math.nan)
+            files.append(None if k in problems else cutout_file(self.cache, ra, dec, scale, self.geometry.side))
+        return ras, decs, scales, files, problems
+
+    def _meta(self, k: int, ra, dec) -> dict:
+        meta = {"id": self.rows[k]["id"]} if self.rows[k].get("id") else {}
+        meta.update(ra=ra, dec=dec)
+        return meta
+
+    def __iter__(self) -> Iterator[Entry]:
+        from galmorph.data.nair2010.cutouts import decode
+
+        ras, decs, scales, files, problems = self._plan()
+        todo = [k for k, f in enumerate(files) if f is not None and not f.is_file()]
+        self.fetch(todo, files, ras, decs, scales, problems, self.geometry.side)
+        for k, row in enumerate(self.rows):
+            source = row.get("id") or f"{self.path}[{k}]"
+            meta = self._meta(k, ras[k], decs[k])
+            if k in problems:
+                yield Entry(source, error=problems[k], meta=meta)
+                continue
+            try:
+                image = decode(files[k], self.geometry.side)
+            except Exception as exc:  # damaged in the cache since it was stored: fetched again next run
+                files[k].unlink(missing_ok=True)
+                yield Entry(source, error=one_line(f"cached cutout unreadable ({type(exc).__name__}: {exc}); removed"),
+                            meta=meta)
+                continue
+            yield Entry(source, image, meta=meta)
