@@ -1,8 +1,8 @@
 """Backend registry. A backend is a package whose top-level functions satisfy
 `galmorph.backends.protocol.Backend` (setup, build, count_params, fit, predict_proba,
-log_model, device_stats, resolved, step_rate, replica, launch, finish), laid out in the
+save_network, load_network, device_stats, resolved, step_rate, replica, launch, finish), laid out in the
 same files in every backend: device.py (setup and settings), model.py (spec -> network,
-imports device), train.py (fit, predict, log; imports model and device) and explain.py
+imports device; saves and loads networks), train.py (fit, predict; imports model and device) and explain.py
 (`galmorph.backends.protocol.Explainer`: what the convolutions see).
 
 Adding a backend is one folder and one line below.

@@ -2,7 +2,8 @@
 
 A backend is a package whose top-level functions are these. It builds a framework model
 from a neutral `NetworkSpec`, fits it on galmorph's batches while calling the neutral
-per-epoch reporter, predicts probabilities and logs the model; everything else (data,
+per-epoch reporter, predicts probabilities and saves and loads the network (the MLflow
+model around it is neutral: galmorph.inference.pyfunc); everything else (data,
 splits, metrics, early stopping, MLflow bookkeeping) is backend-neutral and lives outside.
 """
 
@@ -46,8 +47,12 @@ class Backend(Protocol):
     def predict_proba(self, model: Any, batches: Batches) -> np.ndarray:
         """Class probabilities (N, n_classes), float64, of the images in `batches`."""
 
-    def log_model(self, model: Any, name: str, input_example: np.ndarray) -> str:
-        """Log `model` to the active MLflow run under `name`; return its model URI."""
+    def save_network(self, model: Any, directory: str) -> list[str]:
+        """Write the network inside `model` into the existing folder `directory` (one member of a
+        logged galmorph model, galmorph.inference.pyfunc); return the pip requirements to load it."""
+
+    def load_network(self, directory: str) -> Any:
+        """The network save_network wrote to `directory`, ready for predict_proba (inference mode)."""
 
     def device_stats(self) -> dict:
         """Peak device memory and the like, for the run's metrics (empty on the CPU)."""

@@ -23,6 +23,7 @@ from galmorph.core.paths import cache_dir
 from galmorph.data import bands, hdf5, integrity, schemes, synthetic
 from galmorph.data import download as dl
 from galmorph.data.nair2010.params import manifest_path
+from galmorph.data.synthetic.instrument import pixel_scale as synthetic_pixel_scale
 
 GALAXY10_CLASSES = (
     "Disk, Face-on, No Spiral",
@@ -65,6 +66,7 @@ class DatasetRecord:
     how_to_get: str = ""
     bands: bands.BandMap = bands.SDSS  # the band in each colour channel of the images
     astronn_file: str = ""  # astroNN's cached copy under ~/.astroNN/datasets, reused when it verifies
+    pixel_scale: float | None = None  # arcsec/px of every image, where the dataset has one fixed scale
 
 
 DATASETS: dict[str, DatasetRecord] = {
@@ -105,6 +107,7 @@ DATASETS: dict[str, DatasetRecord] = {
         name="synthetic",
         description="Offline simulated SDSS-like E/S0/Sp/Irr galaxies (Sersic bulges, inclined disks, spiral arms, PSF, noise)",
         source="galmorph.data.synthetic",
+        pixel_scale=synthetic_pixel_scale(69),
         image_shape=(69, 69, 3),
         class_names=("E", "S0", "Sp", "Irr"),
         filename="(generated)",
@@ -117,6 +120,7 @@ DATASETS: dict[str, DatasetRecord] = {
         image_shape=(110, 110, 3),
         class_names=("E", "S0", "Sp", "Irr+Misc"),
         filename="nair2010/nair2010.h5",
+        pixel_scale=0.7,
         how_to_get="run `galmorph data prepare nair2010` (about 14,000 cutout requests)",
     ),
 }
@@ -271,6 +275,15 @@ def downloaded_path(record: DatasetRecord, download: bool = True, progress: bool
 def band_map(dataset: str) -> bands.BandMap:
     """The bands of `dataset`'s colour channels: its record's, SDSS for a Galaxy10-format file."""
     return DATASETS[dataset].bands if dataset in DATASETS else bands.SDSS
+
+
+def pixel_scale(data: Dataset) -> float | None:
+    """arcsec/px of `data`'s images as loaded (the record's fixed scale, times native / loaded
+    side after an --image-size); None where the dataset has no fixed scale or no record."""
+    record = DATASETS.get(data.name)
+    if record is None or record.pixel_scale is None:
+        return None
+    return record.pixel_scale * record.image_shape[0] / data.image_size
 
 
 def load(dataset: str, scheme: str = "default", *, schemes_file: str | None = None, image_size: int = 0,

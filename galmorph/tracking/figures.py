@@ -69,3 +69,28 @@ def learning_curves(history, path: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     return save(fig, path)
+
+
+def reliability_diagram(y_true, before, after, path: Path, title: str = "") -> Path:
+    """Accuracy against confidence in galmorph.core.calibration's equal-width bins, of the
+    uncalibrated (`before`) and temperature-scaled (`after`) probabilities, each with its ECE;
+    below, how many images fall in each bin."""
+    from galmorph.core import calibration
+
+    plt = pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.2, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    for proba, name, marker in ((before, "uncalibrated", "o-"), (after, "temperature-scaled", "s-")):
+        r = calibration.reliability(y_true, proba)
+        centres = (r["edges"][:-1] + r["edges"][1:]) / 2
+        filled = r["count"] > 0
+        top.plot(r["confidence"][filled], r["accuracy"][filled], marker, label=f"{name} (ECE {r['ece']:.4f})")
+        bottom.bar(centres, r["count"], width=1 / len(centres), alpha=0.45, label=name)
+    top.set_ylabel("accuracy")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.legend(fontsize=8, loc="upper left")
+    bottom.set_xlabel(f"confidence (top probability, {calibration.ECE_BINS} equal-width bins)")
+    bottom.set_ylabel("images")
+    top.set_title(title or "reliability diagram", fontsize=9)
+    return save(fig, path)

@@ -1,7 +1,7 @@
 """Fine-tuning (`--init-from MODEL [--freeze conv]`): start a run from a logged model's weights.
 
 Backend-neutral: finding the source model (a run id, `runs:/<id>/model`, `models:/NAME/VERSION`
-or `models:/NAME@ALIAS`), checking that its network fits the one this run builds (from the
+or `models:/NAME@ALIAS`: galmorph.inference.resolve), checking that its network fits the one this run builds (from the
 source run's `config.yaml`, before any training) and recording where the run started (tags
 `init_from`, `init_from_run`, `init_output`). Copying the weights and freezing layers is the
 backend's `load_weights`. A source with another class count fits only under `--freeze conv`,
@@ -19,12 +19,11 @@ from pathlib import Path
 from galmorph import tracking
 from galmorph.core import specs
 from galmorph.core.errors import GalmorphError
-from galmorph.tracking import tags
+from galmorph.inference.resolve import resolve as resolve_model
 
 INIT_FROM = "init_from"  # tag: the model URI the weights came from
 INIT_FROM_RUN = "init_from_run"  # tag: the run that logged it
 INIT_OUTPUT = "init_output"  # tag: loaded, or reinitialised (another class count)
-BUSY = "TEMPORARILY_UNAVAILABLE"  # a store that failed to answer: not "no such model"
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
@@ -40,54 +39,13 @@ class Source:
 
 
 def resolve(ref: str) -> Source:
-    """The logged model `ref` names, with its run's network; a one-line error if there is none."""
+    """The logged model `ref` names (galmorph.inference.resolve), with its run's network; a
+    one-line error if there is none."""
     import mlflow
 
-    client = mlflow.MlflowClient()
-    uri = ref if ref.startswith("runs:/") else None
-    if ref.startswith("models:/"):
-        run_id, uri = _registered(client, ref)
-    elif ref.startswith("runs:/"):
-        run_id = ref[len("runs:/"):].split("/")[0]
-    else:
-        run_id = ref
-    try:
-        run = client.get_run(run_id)
-    except mlflow.exceptions.MlflowException as exc:
-        if exc.error_code == BUSY:
-            raise
-        raise GalmorphError(f"--init-from {ref}: no MLflow run {run_id!r} in the tracking store "
-                            f"{tracking.redact(mlflow.get_tracking_uri())}; pass a run id or model URI from it") from None
-    uri = uri or run.data.tags.get(tags.MODEL_URI)
-    if not uri:
-        raise GalmorphError(f"--init-from {ref}: run {run_id} logged no model; train it again with --log-model true")
-    cfg = _logged_config(client, run_id, ref)
-    return Source(ref, run_id, uri, cfg["backend"], source_spec(cfg))
-
-
-def _registered(client, ref: str) -> tuple[str, str]:
-    """(run id, model URI) of a registered version: the logged model it points to, fixed
-    (an alias may later move)."""
-    import mlflow
-
-    body = ref[len("models:/"):]
-    name, at, alias = body.partition("@")
-    try:
-        if "/" not in body and not at:  # models:/m-<id>: a logged model (a run's model_uri tag), not the registry
-            return client.get_logged_model(body).source_run_id, ref
-        if at:
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            name, _, number = body.rpartition("/")
-            version = client.get_model_version(name, number)
-    except mlflow.exceptions.MlflowException as exc:
-        if exc.error_code == BUSY:
-            raise
-        raise GalmorphError(f"--init-from {ref}: no such registered model version in the tracking store "
-                            f"{tracking.redact(mlflow.get_tracking_uri())}; check the name and version or alias") from None
-    if not version.run_id:
-        raise GalmorphError(f"--init-from {ref}: the registered model was not logged by a galmorph run")
-    return version.run_id, version.source
+    found = resolve_model(ref, flag="--init-from")
+    cfg = _logged_config(mlflow.MlflowClient(), found.run_id, ref)
+    return Source(ref, found.run_id, found.model_uri, cfg["backend"], source_spec(cfg))
 
 
 def _logged_config(client, run_id: str, ref: str) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 
 from galmorph import backends, tracking
 from galmorph.config import TrainConfig
-from galmorph.core import metrics, progress, specs, system, training
+from galmorph.core import calibration, metrics, progress, specs, system, training
 from galmorph.data import augment, registry
 from galmorph.tracking import artifacts, model_registry, tags
 from galmorph.tracking import figures as plots
@@ -115,8 +115,13 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
     eval_time = time.perf_counter() - t_eval
     report = metrics.evaluate(labels[split.test], proba, data.class_names)
     final = metrics.flat_metrics(report, "test")
-    val_report = metrics.evaluate(labels[split.val], backend.predict_proba(model, val_batches()), data.class_names)
+    val_proba = backend.predict_proba(model, val_batches())
+    val_report = metrics.evaluate(labels[split.val], val_proba, data.class_names)
     final.update({"best_val_loss": reporter.best_val_loss, "best_val_accuracy": val_report["accuracy"]})
+    # one temperature fitted on the validation split; test_log_loss and test_ece are then the
+    # calibrated ones, *_uncalibrated the network's own (predictions.csv holds the latter)
+    temperature = calibration.fit_temperature(labels[split.val], val_proba)
+    final.update({"temperature": temperature, **calibration.calibration_metrics(labels[split.test], proba, temperature)})
     if config.tta:
         tta = np.mean([backend.predict_proba(model, augment.eval_batches(maker, split.test, config.eval_batch_size, v))
                        for v in range(augment.N_VIEWS)], axis=0)
@@ -130,13 +135,17 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
 
     with tracking.artifact_dir() as out:
         _write_artifacts(out, config, data, split, spec, report, proba, reporter, digest)
+        plots.reliability_diagram(labels[split.test], proba, calibration.apply_temperature(proba, temperature),
+                                  out / "reliability_diagram.png", title=f"{config.model} {config.backend}: test split, "
+                                  f"T = {temperature:.3f}")
     if config.explain:
         explain.log_explanations(backend, model, prepared, config)
     if after_fit is not None:
         after_fit(backend, model, prepared)
     if config.log_model:
-        example = maker.batch(split.test[: min(4, split.test.size)])
-        uri = backend.log_model(model, "model", example)
+        from galmorph.inference import pyfunc  # imports mlflow.pyfunc: only where a model is logged
+
+        uri = pyfunc.log_run_model(backend, model, config, prepared, temperature, active.info.run_id)
         mlflow.set_tag(tags.MODEL_URI, uri)
         if config.register_as:
             model_registry.register(uri, config.register_as, config.alias, final,

@@ -54,13 +54,39 @@ def count_params(model: keras.Model) -> tuple[int, int]:
 
 
 
+NETWORK_FILE = "network.keras"
+
+
+def save_network(model: keras.Model, directory: str) -> list[str]:
+    """Write `model` to `directory` as a .keras file (architecture and weights; loads without
+    galmorph); return the pip requirements that load it."""
+    model.save(f"{directory}/{NETWORK_FILE}")
+    return [f"keras=={keras.__version__}", _tf_requirement()]
+
+
+def load_network(directory: str) -> keras.Model:
+    """The keras.Model save_network wrote to `directory` (uncompiled: for inference)."""
+    return keras.saving.load_model(f"{directory}/{NETWORK_FILE}", compile=False)
+
+
+def _tf_requirement() -> str:
+    from importlib import metadata
+
+    for dist in ("tensorflow", "tensorflow-cpu"):
+        try:
+            return f"{dist}=={metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return "tensorflow"
+
+
 def load_weights(model: keras.Model, uri: str, freeze: str = "none") -> list[str]:
     """Copy the weights of the keras.Model logged at `uri` layer by layer (same layer names:
     both were built from specs); layers whose shapes differ are left as built and returned.
     freeze "conv": convolutions and batch normalisation untrainable (BN then runs in inference mode)."""
-    import mlflow
+    from galmorph.backends.keras.explain import load_logged_model
 
-    source = {layer.name: layer for layer in mlflow.keras.load_model(uri).layers}
+    source = {layer.name: layer for layer in load_logged_model(uri).layers}
     kept = []
     for layer in model.layers:
         if not layer.weights:

@@ -9,9 +9,6 @@ on one GPU (its dataset prefetches to the GPU), MirroredStrategy over several.
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import keras
 import numpy as np
 
@@ -172,63 +169,6 @@ def device_stats() -> dict:
         return {}
     info = tf.config.experimental.get_memory_info("GPU:0")
     return {"gpu_peak_memory_mb": info["peak"] / 2**20}
-
-
-def log_model(model, name: str, input_example: np.ndarray) -> str:
-    import mlflow
-    from mlflow.models import infer_signature
-
-    signature = infer_signature(input_example, predict_proba(model, [input_example]))
-    with _example_dir_first(), _no_progress_bars():
-        info = mlflow.keras.log_model(
-            model, name=name, signature=signature, input_example=input_example,
-            pip_requirements=[f"keras=={keras.__version__}", _tf_requirement()],
-        )
-    return info.model_uri
-
-
-@contextlib.contextmanager
-def _no_progress_bars():
-    """MLflow checks the input example by calling the saved model's predict(), whose Keras
-    progress bar ("1/1 ━━━━", escape codes and all) would land on the console: route Keras's
-    messages to absl logging (below its verbosity) while the model is logged."""
-    was = keras.config.is_interactive_logging_enabled()
-    keras.config.disable_interactive_logging()
-    try:
-        yield
-    finally:
-        if was:
-            keras.config.enable_interactive_logging()
-
-
-@contextlib.contextmanager
-def _example_dir_first():
-    """mlflow.keras.save_model (MLflow 3.17) writes the input example before it creates the
-    model folder and fails with FileNotFoundError; create the folder first."""
-    from mlflow.keras import save as keras_save
-
-    original = keras_save._save_example
-
-    def save_example(mlflow_model, input_example, path, *args, **kwargs):
-        os.makedirs(path, exist_ok=True)
-        return original(mlflow_model, input_example, path, *args, **kwargs)
-
-    keras_save._save_example = save_example
-    try:
-        yield
-    finally:
-        keras_save._save_example = original
-
-
-def _tf_requirement() -> str:
-    from importlib import metadata
-
-    for dist in ("tensorflow", "tensorflow-cpu"):
-        try:
-            return f"{dist}=={metadata.version(dist)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return "tensorflow"
 
 
 def recalibrate_bn(model: keras.Model, batches) -> None:

@@ -1,9 +1,9 @@
 """PyTorch backend."""
 
 from galmorph.backends.torch.device import finish, launch, replica, resolved, setup
-from galmorph.backends.torch.model import build, count_params, load_weights
-from galmorph.backends.torch.train import device_stats, fit, log_model, predict_proba, step_rate
+from galmorph.backends.torch.model import build, count_params, load_network, load_weights, save_network
+from galmorph.backends.torch.train import device_stats, fit, predict_proba, step_rate
 
 NAME = "torch"
-__all__ = ["NAME", "build", "count_params", "device_stats", "finish", "fit", "launch", "load_weights", "log_model",
-           "predict_proba", "replica", "resolved", "setup", "step_rate"]
+__all__ = ["NAME", "build", "count_params", "device_stats", "finish", "fit", "launch", "load_network", "load_weights",
+           "predict_proba", "replica", "resolved", "save_network", "setup", "step_rate"]

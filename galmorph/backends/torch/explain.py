@@ -83,7 +83,18 @@ def conv_gradients(model: nn.Module, x: np.ndarray, class_index, layer_index: in
 
 
 def load_logged_model(uri: str) -> nn.Module:
-    """The network a galmorph run logged (its `model_uri` tag), unwrapped from Probabilities."""
+    """The network a galmorph run logged (its `model_uri` tag), on the CPU: from the pyfunc
+    model's artifacts (galmorph.inference.pyfunc.network_dir), or from a model logged before
+    galmorph models were pyfuncs (mlflow.pytorch, unwrapped from Probabilities)."""
+    import tempfile
+
     import mlflow
 
-    return _net(mlflow.pytorch.load_model(uri, map_location="cpu"))
+    from galmorph.backends.torch.model import load_network
+    from galmorph.inference.pyfunc import network_dir
+
+    with tempfile.TemporaryDirectory(prefix="galmorph-net-") as tmp:
+        folder = network_dir(uri, tmp)
+        if folder is None:
+            return _net(mlflow.pytorch.load_model(uri, map_location="cpu"))
+        return load_network(str(folder)).to("cpu")

@@ -3,8 +3,9 @@
 The network takes float32 NHWC images, like the Keras one, and returns logits. With
 channels_last (the `auto` default on a GPU) it runs in channels-last memory (the permute of
 NHWC input is then a free view); on the CPU contiguous NCHW measured faster (126 vs 91 img/s
-for C2 at 63x63, 2 threads), so auto keeps it there; `Probabilities` wraps it for
-inference and for the logged MLflow model. Weights start like Keras's (Glorot-uniform,
+for C2 at 63x63, 2 threads), so auto keeps it there. `Probabilities` wrapped it in
+the mlflow.pytorch models galmorph logged before its models became pyfuncs (kept so that
+those still unpickle). Weights start like Keras's (Glorot-uniform,
 zero biases) so both backends start from the same distribution.
 """
 
@@ -95,6 +96,32 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     buffers = sum(b.numel() for name, b in model.named_buffers() if not name.endswith("num_batches_tracked"))
     return trainable, trainable + buffers
 
+
+
+NETWORK_FILE = "network.pt"
+
+
+def save_network(model: nn.Module, directory: str) -> list[str]:
+    """Write the network inside `model` (unwrapped, a CPU copy) to `directory` as a pickled
+    module (its modules stay whole: explain reads their activations); return the pip
+    requirements that load it."""
+    import copy
+
+    from galmorph.backends.torch.explain import _net
+
+    net = copy.deepcopy(_net(model)).to("cpu").eval()
+    torch.save(net, f"{directory}/{NETWORK_FILE}")
+    return [f"torch=={torch.__version__.split('+')[0]}"]
+
+
+def load_network(directory: str) -> nn.Module:
+    """The network save_network wrote to `directory`, in inference mode on this process's
+    device (the GPU where there is one)."""
+    from galmorph.backends.torch.device import device
+
+    # a galmorph Net pickled by galmorph itself: the module objects are the point (save_network)
+    net = torch.load(f"{directory}/{NETWORK_FILE}", map_location="cpu", weights_only=False)
+    return net.to(device()).eval()
 
 
 def load_weights(model: nn.Module, uri: str, freeze: str = "none") -> list[str]:

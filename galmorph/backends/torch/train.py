@@ -18,7 +18,7 @@ from torch import nn
 
 from galmorph.backends.torch import distributed
 from galmorph.backends.torch.device import AUTOCAST_DTYPES, device, replica, settings
-from galmorph.backends.torch.model import FrozenBatchNorm2d, Probabilities, set_channels_last
+from galmorph.backends.torch.model import FrozenBatchNorm2d, set_channels_last
 from galmorph.core import acceleration, training
 from galmorph.data import pipeline
 
@@ -203,50 +203,6 @@ def device_stats() -> dict:
     if not torch.cuda.is_available():
         return {}
     return {"gpu_peak_memory_mb": torch.cuda.max_memory_allocated(device()) / 2**20}
-
-
-def log_model(model: nn.Module, name: str, input_example: np.ndarray) -> str:
-    import mlflow
-    from mlflow.models import infer_signature
-
-    import galmorph
-
-    wrapped = Probabilities(model).to("cpu").eval()
-    signature = infer_signature(input_example, predict_proba(model.to("cpu"), [input_example]))
-    # pickle, not MLflow 3's default torch.export ("pt2") graph: explain needs the network's
-    # modules (its convolutions' activations and gradients), which an exported graph flattens away
-    with _without_pickle_warning():
-        info = mlflow.pytorch.log_model(
-            wrapped, name=name, signature=signature, input_example=input_example, serialization_format="pickle",
-            code_paths=[str(_package_dir(galmorph))],
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
-        )
-    return info.model_uri
-
-
-@contextlib.contextmanager
-def _without_pickle_warning():
-    """Drop MLflow's warning that pickled models need caution, only while galmorph logs its
-    own model: pickling is chosen on purpose (explain needs the modules, see log_model), and
-    the warning would tell every user to switch to the format that cannot serve it."""
-    import logging
-
-    class Drop(logging.Filter):
-        def filter(self, record):
-            return "Pickle or CloudPickle" not in record.getMessage()
-
-    logger, drop = logging.getLogger("mlflow.pytorch"), Drop()
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
-
-
-def _package_dir(pkg):
-    from pathlib import Path
-
-    return Path(pkg.__file__).resolve().parent
 
 
 @torch.no_grad()
