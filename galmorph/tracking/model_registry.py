@@ -59,7 +59,7 @@ def check_store() -> None:
         mlflow.MlflowClient().search_registered_models(max_results=1)
     except Exception as exc:  # an unsupported registry URI, a store without the registry's tables, ...
         raise GalmorphError(f"cannot register models in {redact(mlflow.get_registry_uri())}: "
-                            f"{redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}; "
+                            f"{redact(str(exc).splitlines()[0].rstrip('.') if str(exc) else type(exc).__name__)}; "
                             "use a database-backed store (sqlite:///mlflow.db, PostgreSQL or an MLflow "
                             "server) or drop --register-as") from None
 
