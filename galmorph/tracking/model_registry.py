@@ -72,6 +72,8 @@ def description(config, scheme: str, metrics: dict, origin: str = "") -> str:
     scores = f"test accuracy {acc:.4f}" if acc is not None else "no test accuracy"
     if metrics.get("test_balanced_accuracy") is not None:
         scores += f", balanced accuracy {metrics['test_balanced_accuracy']:.4f}"
+    if metrics.get("test_ece") is not None:
+        scores += f", expected calibration error {metrics['test_ece']:.4f}"
     return (f"galmorph {config.model}{width} trained with {config.backend} on {config.dataset} "
             f"(scheme {scheme}, band {config.band}, {origin or f'seed {config.seed}'}): {scores}. "
             "Input: raw uint8 RGB images (N, side, side, 3), as galmorph's datasets store them.")
@@ -80,12 +82,13 @@ def description(config, scheme: str, metrics: dict, origin: str = "") -> str:
 def register(model_uri: str, name: str, alias: str, metrics: dict, text: str, run_id: str,
              source_run: str = "") -> str:
     """Register `model_uri` (a logged model's models:/m-... URI) as a new version of `name`,
-    tag it with `metrics` (test_* only) and describe it with `text`, point `alias` at it,
+    tag it with `metrics` (the test_* scores; no timings) and describe it with `text`, point `alias` at it,
     and tag run `run_id` with the name and version; return the version number."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    version_tags = {k: f"{v:.6g}" for k, v in metrics.items() if k.startswith("test_") and isinstance(v, (int, float))}
+    version_tags = {k: f"{v:.6g}" for k, v in metrics.items()
+                    if k.startswith("test_") and not k.endswith("_per_s") and isinstance(v, (int, float))}
     version_tags[SOURCE_RUN] = source_run or run_id
     version = mlflow.register_model(model_uri, name, tags=version_tags)
     client.update_model_version(name, version.version, description=text)
@@ -99,7 +102,7 @@ def register(model_uri: str, name: str, alias: str, metrics: dict, text: str, ru
 
 
 def summary_line(run_tags: dict) -> str | None:
-    """`registered models:/NAME@ALIAS (version N)` for a run that registered its model, else None."""
+    """`registered models:/NAME/N = models:/NAME@ALIAS` for a run that registered its model, else None."""
     name, version = run_tags.get(REGISTERED_NAME), run_tags.get(REGISTERED_VERSION)
     if not name or not version:
         return None
