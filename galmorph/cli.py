@@ -173,7 +173,8 @@ def cmd_multiseed(args) -> int:
 
     config = config_from(args, multiseed.MultiseedConfig)
     seeds = multiseed.parse_seeds(config.seeds, config.base.seed)
-    for scheme, summary in multiseed.sweep(config.base, seeds, multiseed.expand_schemes(config.base, config.schemes)).items():
+    schemes = multiseed.expand_schemes(config.base, config.schemes)
+    for scheme, summary in multiseed.sweep(config.base, seeds, schemes, ensemble=config.ensemble).items():
         _print_summary(scheme, summary)
     return 0
 

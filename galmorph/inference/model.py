@@ -144,8 +144,8 @@ def load(reference: str) -> LoadedModel:
     an unknown run or URI, a run without a model, or a model that is not galmorph's."""
     import mlflow
 
-    from galmorph.inference.pyfunc import no_progress_bar
     from galmorph.inference.resolve import resolve
+    from galmorph.tracking.artifacts import no_progress_bar
 
     found = resolve(reference, flag="model")
     try:

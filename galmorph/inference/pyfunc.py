@@ -17,9 +17,8 @@ training crop's centre view, x / 255), never a copy of it.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,12 +29,12 @@ import numpy as np
 from galmorph.core import calibration
 from galmorph.core.errors import GalmorphError
 from galmorph.inference.model import METADATA_KEY, ModelInfo, Prediction, check_images, column, table
+from galmorph.tracking.artifacts import no_progress_bar
 
 ARTIFACT_PATH = "model"
 SETTINGS = "settings.json"
 INFO = "info"  # artifacts/info.json: the ModelInfo, for the model's own code (MLmodel metadata holds it too)
 MEMBER = "member"  # artifacts/member0, member1, ...
-PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 PARAMS = {"tta": False, "calibrated": True}  # the pyfunc's inference parameters and their defaults
 
 
@@ -161,19 +160,31 @@ def log_single(backend, network, info: ModelInfo, settings: dict, example: np.nd
         return _log({f"{MEMBER}0": str(folder)}, info, example, requirements)
 
 
-def log_ensemble(member_uris: list[str], info: ModelInfo, example: np.ndarray) -> str:
-    """Log the ensemble of the galmorph models at `member_uris` (their networks and settings
-    copied in, so the ensemble loads and serves on its own) to the active run; its model URI."""
+def log_ensemble(member_uris: list[str], run_id: str, member_runs: list[str]) -> str:
+    """Log the ensemble of the galmorph models at `member_uris` (the runs `member_runs`) to the
+    active run `run_id`; return its model URI. Their networks and settings are copied in, so the
+    ensemble loads and serves on its own; its ModelInfo is the first member's with kind
+    "ensemble", the members and the mean temperature; its input example the first member's."""
+    from mlflow.models import Model
+
     with tempfile.TemporaryDirectory(prefix="galmorph-ensemble-") as tmp:
-        artifacts, requirements = {}, []
+        artifacts, requirements, infos = {}, [], []
         for k, uri in enumerate(member_uris):
             source = network_dir(uri, Path(tmp) / f"download{k}")
             if source is None:
                 raise GalmorphError(f"ensemble member {uri} is not a galmorph pyfunc model")
+            model_dir = source.parent.parent
+            infos.append(ModelInfo.from_dict(json.loads((source.parent / "info.json").read_text())))
             target = Path(tmp) / f"{MEMBER}{k}"
             shutil.copytree(source, target)
             artifacts[target.name] = str(target)
-            requirements += [r for r in _requirements(source.parent.parent) if r not in requirements]
+            requirements += [r for r in _requirements(model_dir) if r not in requirements]
+            if k == 0:
+                example = np.asarray(Model.load(str(model_dir)).load_input_example(str(model_dir)))
+        if len({(i.class_names, i.image_side) for i in infos}) != 1:
+            raise GalmorphError("ensemble members differ in their classes or image side; they make no ensemble")
+        info = dataclasses.replace(infos[0], kind="ensemble", members=tuple(member_runs), run_id=run_id,
+                                   temperature=float(np.mean([i.temperature for i in infos])))
         return _log(artifacts, info, example, requirements)
 
 
@@ -195,20 +206,6 @@ def _log(artifacts: dict, info: ModelInfo, example: np.ndarray, requirements: li
             pip_requirements=[*requirements, "numpy", "pandas"],
         )
     return found.model_uri
-
-
-@contextlib.contextmanager
-def no_progress_bar():
-    """No MLflow download progress bar among a run's console lines while this lasts."""
-    was = os.environ.get(PROGRESS_BAR)
-    os.environ[PROGRESS_BAR] = "false"
-    try:
-        yield
-    finally:
-        if was is None:
-            os.environ.pop(PROGRESS_BAR, None)
-        else:
-            os.environ[PROGRESS_BAR] = was
 
 
 def _requirements(model_dir: Path) -> list[str]:

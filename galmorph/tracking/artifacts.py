@@ -4,7 +4,9 @@ report, the per-galaxy predictions and the split."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +48,20 @@ def write_split(out: Path, config, data, split, digest: str) -> None:
     """splits.json: the rows of each split, with what they were made from (reusable by split_file)."""
     splits.save(split, data.rows, out / "splits.json", dataset_digest=digest,
                 extra={"dataset": config.dataset, "scheme": data.scheme, "max_images": config.max_images})
+
+
+PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+@contextlib.contextmanager
+def no_progress_bar():
+    """No MLflow download progress bar among a run's console lines while this lasts."""
+    was = os.environ.get(PROGRESS_BAR)
+    os.environ[PROGRESS_BAR] = "false"
+    try:
+        yield
+    finally:
+        if was is None:
+            os.environ.pop(PROGRESS_BAR, None)
+        else:
+            os.environ[PROGRESS_BAR] = was

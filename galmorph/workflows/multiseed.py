@@ -5,8 +5,11 @@ nested child run per seed through `galmorph.workflows.train.run` (or, with `hier
 hierarchical classifier per seed through `galmorph.workflows.hierarchy.run`), and logs on the parent
 `<metric>_mean` and `<metric>_std` of every metric the children share (every `test_*`
 metric, best validation accuracy, timings) plus `n_seeds`, with `seeds.csv` (one row per
-seed: its child run and metrics) as an artifact. A seed changes the split, the augmentation
-order and the initial weights; the data (and a `max_images` subset) stay the same.
+seed: its child run and metrics) as an artifact. With `ensemble` (the default; not for
+hierarchies) the seeds share the first seed's split, so a seed changes the augmentation order
+and the initial weights, and the parent logs the seeds' ensemble (galmorph.workflows.ensemble:
+ensemble_test_* metrics and an ensemble model); without it a seed changes the split too. The
+data (and a `max_images` subset) stay the same.
 
 `sweep(config, seeds, schemes)` does that for several schemes under one parent run
 (`galmorph.kind=sweep`); `expand_schemes` turns `pairs` / `pairs:<scheme>` into every class
@@ -16,6 +19,7 @@ pair of a scheme (the paper's binary classifiers).
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +30,9 @@ from galmorph.core.errors import GalmorphError
 from galmorph.core.metrics import metric_safe
 from galmorph.data import registry, schemes
 from galmorph.tracking import model_registry
+from galmorph.tracking.artifacts import no_progress_bar
 from galmorph.tracking.tags import KIND, MODEL_URI, PARENT, RUN_NAME, run_name
+from galmorph.workflows import ensemble as ens
 from galmorph.workflows import hierarchy as hier
 from galmorph.workflows import train
 from galmorph.workflows.prepare import SYNTHETIC_DATA_SEED, check_data_settings
@@ -39,6 +45,9 @@ class MultiseedConfig:
 
     base: TrainConfig = nested(TrainConfig)
     seeds: str = option("3", "a count (3: seeds SEED..SEED+2) or a list (0,1,2)")
+    ensemble: bool = option(True, "the seeds share one split (the first seed's; seeds then vary the weights and the "
+                            "augmentation order) and the parent run logs their ensemble: its test metrics "
+                            "(ensemble_test_*) and, with log_model, its model; false: each seed its own split, no ensemble")
     schemes: str = option("", "comma-separated schemes to sweep; `pairs` or `pairs:<scheme>` = every class pair of the "
                           "default or named scheme (the paper's binary classifiers); empty: --scheme", mlproject=False)
 
@@ -81,8 +90,12 @@ def aggregate(results: list[dict]) -> dict[str, float]:
 
 
 def run(config: TrainConfig, seeds: list[int], *, hierarchy: str | None = None, nested: bool = False,
-        extra_tags: dict | None = None) -> dict[str, float]:
-    """Train `config` once per seed as nested runs of one parent run; return the aggregates."""
+        extra_tags: dict | None = None, ensemble: bool = True) -> dict[str, float]:
+    """Train `config` once per seed as nested runs of one parent run; return the aggregates.
+
+    `ensemble` (not with a hierarchy): the seeds train on the first seed's split and the parent
+    logs their ensemble (galmorph.workflows.ensemble); its metrics join the aggregates."""
+    ensemble = ensemble and not hierarchy
 
     def check():
         check_data_settings(config.validate())
@@ -104,10 +117,12 @@ def run(config: TrainConfig, seeds: list[int], *, hierarchy: str | None = None, 
         params = {k: v for k, v in config.to_dict().items() if k != "seed"}
         tracking.log_params({**params, "seeds": ",".join(map(str, seeds)), "n_seeds": len(seeds),
                              "hierarchy": hierarchy or ""})
-        rows, results = [], []
+        rows, results, children = [], [], []
+        shared = _SharedSplit(config.split_file) if ensemble else None
         for seed in seeds:
             # the group registers one model (below), not one per seed
-            child = config.replace(seed=seed, run_name=f"{name}-seed{seed}", register_as="", alias="")
+            child = config.replace(seed=seed, run_name=f"{name}-seed{seed}", register_as="", alias="",
+                                   split_file=shared.path if shared else config.split_file)
             # nested runs take their name from the mlflow.runName tag
             child_tags = {PARENT: parent.info.run_id, RUN_NAME: child.run_name}
             if hierarchy:
@@ -115,12 +130,18 @@ def run(config: TrainConfig, seeds: list[int], *, hierarchy: str | None = None, 
             else:
                 metrics = train.run(child, nested=True, extra_tags=child_tags)
             done = _child(mlflow, parent.info, seed)
+            children.append(done)
+            if shared is not None:
+                shared.take(mlflow.MlflowClient(), done)
             results.append(metrics)
             rows.append({"seed": seed, "run_id": done.info.run_id, **metrics})
             mlflow.set_tag("scheme", done.data.tags.get("scheme", scheme))  # resolved, e.g. default -> 4way
             mlflow.log_metrics({"seeds_done": float(len(results))})
         summary = aggregate(results)
         mlflow.log_metrics(summary)
+        if shared is not None:
+            shared.close()
+            summary.update(ens.log(mlflow.MlflowClient(), children, parent.info.run_id, config.log_model))
         _log_table(rows, summary)
         if "test_accuracy_mean" in summary:
             mlflow.set_tag("test_accuracy", f"{summary['test_accuracy_mean']:.4f} +- {summary['test_accuracy_std']:.4f}")
@@ -146,12 +167,13 @@ def expand_schemes(config: TrainConfig, text: str) -> list[str]:
     return out
 
 
-def sweep(config: TrainConfig, seeds: list[int], scheme_list: list[str]) -> dict[str, dict]:
+def sweep(config: TrainConfig, seeds: list[int], scheme_list: list[str], ensemble: bool = True) -> dict[str, dict]:
     """`run` for each scheme; several schemes share one parent run (`galmorph.kind=sweep`)."""
     import mlflow
 
     if len(scheme_list) == 1:
-        return {scheme_list[0]: run(config.replace(scheme=scheme_list[0]), seeds)}
+        return {scheme_list[0]: run(config.replace(scheme=scheme_list[0]), seeds, ensemble=ensemble)}
+
     def check():
         config.validate()
         if config.register_as:
@@ -170,7 +192,7 @@ def sweep(config: TrainConfig, seeds: list[int], scheme_list: list[str]) -> dict
         tracking.log_params({"schemes": ",".join(scheme_list), "seeds": ",".join(map(str, seeds))})
         for scheme in scheme_list:
             cfg = config.replace(scheme=scheme, run_name="")
-            out[scheme] = run(cfg, seeds, nested=True,
+            out[scheme] = run(cfg, seeds, nested=True, ensemble=ensemble,
                               extra_tags={PARENT: parent.info.run_id, RUN_NAME: f"{name}-{scheme}"})
             acc = out[scheme].get("test_accuracy_mean")
             if acc is not None and math.isfinite(acc):
@@ -189,8 +211,9 @@ def _register(config: TrainConfig, parent_id: str, rows: list[dict]) -> None:
     parent = client.get_run(parent_id)
     scheme = parent.data.tags.get("scheme", config.scheme)
     uri = parent.data.tags.get(MODEL_URI)
-    if uri:
-        metrics = {k: v for k, v in parent.data.metrics.items() if k.startswith("test_")}
+    if uri:  # the ensemble (galmorph.workflows.ensemble): its ensemble_test_* scores are the version's test_*
+        metrics = {k.removeprefix("ensemble_"): v for k, v in parent.data.metrics.items()
+                   if k.startswith(f"{ens.PREFIX}_")}
         origin, source = f"ensemble of seeds {parent.data.tags.get('seeds', '')}", parent_id
     else:
         best = max(rows, key=lambda r: r.get("best_val_accuracy", float("-inf")))
@@ -203,6 +226,26 @@ def _register(config: TrainConfig, parent_id: str, rows: list[dict]) -> None:
     text = model_registry.description(config, scheme, metrics, origin)
     model_registry.register(uri, config.register_as, config.alias, metrics, text, parent_id, source_run=source)
     print(model_registry.summary_line(client.get_run(parent_id).data.tags) + f" ({origin})", flush=True)
+
+
+class _SharedSplit:
+    """The split every seed of an ensemble trains on: `split_file` if given, else the first
+    seed's splits.json (downloaded once that run is done; a temporary copy)."""
+
+    def __init__(self, split_file: str):
+        self.path = split_file
+        self._tmp = None
+
+    def take(self, client, run) -> None:
+        if self.path:
+            return
+        self._tmp = tempfile.TemporaryDirectory(prefix="galmorph-split-")
+        with no_progress_bar():
+            self.path = client.download_artifacts(run.info.run_id, "splits.json", self._tmp.name)
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
 
 def _child(mlflow, parent, seed: int):

@@ -380,7 +380,8 @@ def test_multiseed_parent_logs_mean_and_std_of_its_children(store):
     table = __import__("pandas").read_csv(store["client"].download_artifacts(
         parent.info.run_id, "seeds.csv", str(store["tmp"] / "seeds")))
     assert dict(zip(table["seed"], table["run_id"])) == {int(r.data.params["seed"]): r.info.run_id for r in children}
-    # the two seeds trained on different splits of the same data
+    # the two seeds trained on the same data (and, for their ensemble, on one split)
+    assert parent.data.metrics["ensemble_members"] == 2 and "ensemble_test_accuracy" in parent.data.metrics
     digests = {r.data.params["dataset_digest"] for r in children}
     assert len(digests) == 1
 
@@ -462,13 +463,15 @@ def test_report_from_real_runs(store, tmp_path):
     page = (out / "report.html").read_text()
     assert paths[:2] == [out / "report.md", out / "report.html"]
     rows = [line for line in md.splitlines() if line.startswith("| synthetic |")]
-    accuracy_rows = [r for r in rows if r.count("|") == 12]
+    accuracy_rows = [r for r in rows if r.count("|") == 14]
     # one row per group: c2 keras/torch 4way (2 seeds each), the hierarchy, the two pairs
     assert len(accuracy_rows) == 5, accuracy_rows
     (parent,) = _by(store["runs"], backend="torch", **{"galmorph.kind": "multiseed", "scheme": "4way"})
     m = parent.data.metrics
     torch_row = next(r for r in accuracy_rows if "| 4way | flat | c2 | torch |" in r)
     assert f"{100 * m['test_accuracy_mean']:.1f} +- {100 * m['test_accuracy_std']:.1f} %" in torch_row
+    assert f"| {m['test_ece_mean']:.3f} +- {m['test_ece_std']:.3f} | {m['test_ece_uncalibrated_mean']:.3f} +- " in torch_row
+    assert "equal-width confidence bins" in md
     assert "2 (0,1)" in torch_row and "81.0 % (C2 4-way; nair2010)" in torch_row and "88.0 %" in torch_row
     assert "> 98.0 % (binary E vs Sp" in next(r for r in accuracy_rows if "4way:E-vs-Sp" in r)
     assert "78.0 % (binary Sp vs Irr" in next(r for r in accuracy_rows if "4way:Sp-vs-Irr" in r)

@@ -273,8 +273,9 @@ def _load_the_retrained_model(retrain: Galmorph, client, server: Server, tmp_pat
     loaded = run_python(
         "import json, mlflow, numpy as np\n"
         f"model = mlflow.pyfunc.load_model({uri!r})\n"
-        "example = np.asarray(model.input_example, dtype=np.float32)\n"
-        "proba = np.asarray(model.predict(example))\n"
+        "example = np.asarray(model.input_example, dtype=np.uint8)\n"
+        "table = model.predict(example)\n"
+        "proba = table[[c for c in table.columns if c.startswith('p_')]].to_numpy()\n"
         "print('PROBA ' + json.dumps({'shape': list(proba.shape), 'sums': proba.sum(axis=1).tolist()}))\n",
         env={"MLFLOW_TRACKING_URI": server.url}, timeout=300, cwd=tmp_path)
     assert loaded.returncode == 0, loaded.stderr[-4000:]

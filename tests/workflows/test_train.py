@@ -19,9 +19,10 @@ ENTRY_POINTS = {"c1_keras": ("c1", "keras"), "c2_keras": ("c2", "keras"),
 TINY = {"dataset": "synthetic", "synthetic_n": 160, "epochs": 1, "batch_size": 32, "seed": 3}
 PER_EPOCH = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_time_s", "train_images_per_s")
 FINAL = ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_log_loss", "first_epoch_time_s",
+         "test_ece", "test_ece_uncalibrated", "test_log_loss_uncalibrated", "temperature",
          "test_recall_E", "test_precision_Irr", "test_f1_S0", "trainable_params", "peak_host_memory_mb")
 ARTIFACTS = {"confusion_matrix.png", "confusion_matrix_counts.png", "learning_curves.png", "classification_report.json",
-             "predictions.csv", "splits.json", "config.yaml", "history.csv"}
+             "predictions.csv", "splits.json", "config.yaml", "history.csv", "reliability_diagram.png"}
 
 
 def test_mlproject_entry_points_share_the_train_config_parameters():
@@ -93,7 +94,10 @@ def test_entry_point_records_everything(smoke, entry_point):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("entry_point", ["c2_keras", "c1_torch"])
-def test_logged_model_loads_and_predicts_what_the_run_predicted(smoke, entry_point):
+def test_logged_model_takes_raw_images_and_reproduces_the_runs_predictions(smoke, entry_point):
+    """The logged model (galmorph.inference.load, the pyfunc it wraps) takes the dataset's raw
+    uint8 images, does the run's band selection, crop and scaling itself, and gives the
+    probabilities of predictions.csv (uncalibrated) and their temperature-scaled version."""
     run = smoke["runs"][entry_point]
     out_dir = smoke["tmp"] / f"check-{entry_point}"
     client = smoke["client"]
@@ -102,22 +106,52 @@ def test_logged_model_loads_and_predicts_what_the_run_predicted(smoke, entry_poi
     code = f"""
 import json, numpy as np, pandas as pd, yaml, mlflow
 from galmorph.config import TrainConfig
+from galmorph.core import calibration
+from galmorph.core.errors import GalmorphError
+from galmorph.inference.model import load
 from galmorph.workflows.prepare import prepare
 cfg = yaml.safe_load(open({config!r})); cfg.pop("resolved")
 prep = prepare(TrainConfig(**cfg))
 frame = pd.read_csv({preds!r})
 pos = np.searchsorted(prep.data.rows, frame["row"].to_numpy())
-x = prep.maker.batch(pos)
-model = mlflow.pyfunc.load_model({run.data.tags["model_uri"]!r})
-got = np.asarray(model.predict(x))
+x = prep.data.images[pos]  # raw uint8 (N, 69, 69, 3), as the dataset stores them
 want = frame[[c for c in frame.columns if c.startswith("p_")]].to_numpy()
-print(json.dumps({{"shape": list(got.shape), "maxdiff": float(np.abs(got - want).max())}}))
+model = load({run.info.run_id!r})
+raw = model.predict(x, calibrated=False).proba
+calibrated = model.predict(x).proba
+table = model.pyfunc.predict(x[:3], params={{"tta": True}})
+same = load("runs:/{run.info.run_id}/model").predict(x[:2], calibrated=False).proba
+try:
+    model.predict(x[:, :60, :60])
+    wrong_side = ""
+except GalmorphError as exc:
+    wrong_side = str(exc)
+meta = model.pyfunc.metadata
+sig = meta.signature
+print(json.dumps({{"raw": float(np.abs(raw - want).max()),
+    "calibrated": float(np.abs(calibrated - calibration.apply_temperature(want, model.info.temperature)).max()),
+    "same": float(np.abs(same - raw[:2]).max()), "columns": list(table.columns),
+    "tta_sums": table[[c for c in table.columns if c.startswith("p_")]].sum(axis=1).tolist(),
+    "info": {{k: v for k, v in vars(model.info).items()}}, "wrong_side": wrong_side,
+    "input": sig.inputs.to_dict(), "params": sig.params.to_dict(),
+    "example": list(np.asarray(meta.load_input_example(mlflow.artifacts.download_artifacts(model.uri))).shape)}}))
 """
     proc = run_python(code, env={"MLFLOW_TRACKING_URI": smoke["uri"]})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["shape"][1] == 4
-    assert result["maxdiff"] < 1e-4
+    assert result["raw"] < 1e-5 and result["same"] < 1e-6
+    assert result["calibrated"] < 1e-5
+    assert result["columns"] == ["p_E", "p_S0", "p_Sp", "p_Irr", "predicted", "confidence"]
+    assert result["tta_sums"] == pytest.approx([1.0] * 3, abs=1e-6)
+    info = result["info"]
+    assert info["temperature"] == pytest.approx(run.data.metrics["temperature"])
+    assert (info["class_names"], info["image_side"], info["band"], info["kind"], info["run_id"]) == (
+        ["E", "S0", "Sp", "Irr"], 69, "g", "single", run.info.run_id)
+    assert info["pixel_scale"] == pytest.approx(1.188, abs=1e-3) and info["network"] == ENTRY_POINTS[entry_point][0]
+    assert "69x69" in result["wrong_side"]
+    assert result["input"] == [{"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, 69, 69, 3]}}]
+    assert {p["name"]: p["default"] for p in result["params"]} == {"tta": False, "calibrated": True}
+    assert result["example"] == [3, 69, 69, 3]
 
 
 @pytest.mark.slow

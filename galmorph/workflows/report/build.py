@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from galmorph import __version__, tracking
+from galmorph.core import calibration
 from galmorph.tracking import figures as plots
 from galmorph.workflows.multiseed import aggregate
 from galmorph.workflows.report.collect import Group, copy_explain, matches, references, slug, source_name, stem
@@ -54,17 +55,25 @@ def _summary(groups: list[Group], cfg: ReportConfig, n_runs: int) -> str:
 
 # ------------------------------------------------------------------------------ sections
 def accuracy_section(groups: list[Group], refs: dict) -> list[tuple]:
-    """Test accuracy, balanced accuracy and macro F1 per group next to the matching references."""
+    """Test accuracy with its expected calibration error (temperature-scaled, and as trained;
+    galmorph.core.calibration), balanced accuracy and macro F1 per group next to the matching
+    references."""
     rows = []
     for g in groups:
         m = g.metrics()
         rows.append([stem(g.dataset), g.scheme, g.kind, g.model, g.backend, f"{len(g.runs)} ({','.join(g.seeds())})",
-                     _pm(m, "test_accuracy"), _pm(m, "test_balanced_accuracy"), _pm(m, "test_macro_f1"),
+                     _pm(m, "test_accuracy"), _pm(m, "test_ece", 3), _pm(m, "test_ece_uncalibrated", 3),
+                     _pm(m, "test_balanced_accuracy"), _pm(m, "test_macro_f1"),
                      "; ".join(_ref_text(refs, r) for r in matches(refs, "paper", g)) or "-",
                      "; ".join(_ref_text(refs, r) for r in matches(refs, "phys449", g)) or "-"])
     blocks: list[tuple] = [("h2", "Test accuracy"),
                            ("table", ["dataset", "scheme", "kind", "model", "backend", "runs (seeds)", "test accuracy",
-                                      "balanced accuracy", "macro F1", "paper", "PHYS449"], rows)]
+                                      "ECE", "ECE uncalibrated", "balanced accuracy", "macro F1", "paper", "PHYS449"],
+                            rows),
+                           ("p", f"ECE: expected calibration error of the test probabilities in "
+                                 f"{calibration.ECE_BINS} equal-width confidence bins, after temperature scaling "
+                                 "(one temperature fitted on the validation split) and as the network gives them "
+                                 "(uncalibrated); `-` for runs from before calibration was logged.")]
     hier = [g for g in groups if g.kind == "hierarchy"]
     if hier:
         blocks.append(("p", "Hierarchical classifiers: the product of the binary node networks' probabilities "
