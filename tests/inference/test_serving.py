@@ -1,7 +1,8 @@
 """`mlflow models serve -m models:/NAME@ALIAS --env-manager local`: the real scoring server on
 127.0.0.1 answers /invocations with a JSON list of uint8 images ({"inputs": ...}, MLflow's
 tensor input) and returns the named probabilities that the loaded model (the code
-`galmorph predict` calls) gives for the same images.
+`galmorph predict` calls) gives for the same images. The model is a multiseed group's
+ensemble, registered by `multiseed --register-as NAME --alias ALIAS`.
 
 One backend only: PyTorch. The server process imports the model's framework; TensorFlow's
 import and Keras's model loading add tens of seconds on two CPU cores, and the pyfunc is the
@@ -58,14 +59,25 @@ def _stop(server: subprocess.Popen) -> None:
 @pytest.mark.slow
 @pytest.mark.torch
 def test_the_served_model_answers_like_the_loaded_one(tmp_path, tracking_uri):
+    import mlflow
+
     h5 = make_h5(tmp_path / "tiny.h5", n=60, size=32, n_classes=3)
+    # a two-seed group registers its ensemble (served like any model, with the members' std);
     # c1: c2's 7x7 and 5x5 convolutions do not fit a 32 px crop
-    train = subprocess.run(
-        [sys.executable, "-m", "galmorph", "train", "--model", "c1", "--backend", "torch", "--dataset", str(h5),
-         "--epochs", "1", "--width", "0.25", "--dense-units", "32", "--batch-size", "32", "--threads", "1",
-         "--quiet", "true", "--register-as", NAME, "--alias", ALIAS],
+    group = subprocess.run(
+        [sys.executable, "-m", "galmorph", "multiseed", "--seeds", "2", "--model", "c1", "--backend", "torch",
+         "--dataset", str(h5), "--epochs", "1", "--width", "0.25", "--dense-units", "32", "--batch-size", "32",
+         "--threads", "1", "--quiet", "true", "--register-as", NAME, "--alias", ALIAS],
         capture_output=True, text=True, cwd=REPO, timeout=600, env=child_env())
-    assert train.returncode == 0, train.stderr[-3000:]
+    assert group.returncode == 0, group.stderr[-3000:]
+    assert f"registered models:/{NAME}/1 = {URI} (ensemble of seeds 0,1)" in group.stdout
+    version = mlflow.MlflowClient().get_model_version_by_alias(NAME, ALIAS)
+    parent = mlflow.MlflowClient().get_run(version.run_id)
+    assert parent.data.tags["galmorph.kind"] == "multiseed" and version.source == parent.data.tags["model_uri"]
+    assert parent.data.tags["registered_model_name"] == NAME and parent.data.tags["registered_model_alias"] == ALIAS
+    assert float(version.tags["test_accuracy"]) == pytest.approx(parent.data.metrics["ensemble_test_accuracy"],
+                                                                 abs=1e-5)
+    assert "ensemble of seeds 0,1" in version.description
     with h5py.File(h5) as f:
         images = f["images"][[0, 1, 2]]  # one of each class
 
@@ -95,10 +107,10 @@ def test_the_served_model_answers_like_the_loaded_one(tmp_path, tracking_uri):
     assert proc.returncode == 0, proc.stderr[-3000:]
     local = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("TABLE"))[5:])
 
-    columns = ["p_k0", "p_k1", "p_k2", "predicted", "confidence"]
+    columns = ["p_k0", "p_k1", "p_k2", "predicted", "confidence", "p_k0_std", "p_k1_std", "p_k2_std"]
     assert len(served) == 3 and [list(row) for row in served] == [columns] * 3
     for got, want in zip(served, local):
-        for key in ("p_k0", "p_k1", "p_k2", "confidence"):
+        for key in ("p_k0", "p_k1", "p_k2", "confidence", "p_k0_std", "p_k1_std", "p_k2_std"):
             assert got[key] == pytest.approx(want[key], abs=1e-5), key
         assert got["predicted"] == want["predicted"]
     assert sum(served[0][c] for c in columns[:3]) == pytest.approx(1.0, abs=1e-6)
