@@ -171,7 +171,8 @@ def _entry_points():
 def test_reproduction_entry_points_take_every_training_parameter():
     eps = _entry_points()
     train = {f.name for f in fields(TrainConfig) if f.metadata.get("mlproject") and f.name not in ("model", "backend")}
-    for name, extra in (("multiseed", {"model", "backend", "seeds"}), ("pairs", {"model", "backend", "seeds"}),
+    for name, extra in (("multiseed", {"model", "backend", "seeds", "ensemble"}),
+                        ("pairs", {"model", "backend", "seeds", "ensemble"}),
                         ("hierarchical", {"model", "backend", "seeds", "tree"})):
         params, command = eps[name]["parameters"], eps[name]["command"]
         # a hierarchy's scheme comes from its tree: it takes no `scheme` parameter at all

@@ -10,6 +10,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from galmorph.backends.keras.model import logged_network
 from galmorph.core.errors import GalmorphError
 
 
@@ -45,18 +46,5 @@ def conv_gradients(model: keras.Model, x: np.ndarray, class_index, layer_index: 
 
 
 def load_logged_model(uri: str) -> keras.Model:
-    """The keras.Model a galmorph run logged (its `model_uri` tag): from the pyfunc model's
-    artifacts (galmorph.inference.pyfunc.network_dir), or from a model logged before galmorph
-    models were pyfuncs (mlflow.keras)."""
-    import tempfile
-
-    import mlflow
-
-    from galmorph.backends.keras.model import load_network
-    from galmorph.inference.pyfunc import network_dir
-
-    with tempfile.TemporaryDirectory(prefix="galmorph-net-") as tmp:
-        folder = network_dir(uri, tmp)
-        if folder is None:
-            return mlflow.keras.load_model(uri)
-        return load_network(str(folder))
+    """The keras.Model a galmorph run logged (its `model_uri` tag) (model.logged_network)."""
+    return logged_network(uri)

@@ -80,13 +80,28 @@ def _tf_requirement() -> str:
     return "tensorflow"
 
 
+def logged_network(uri: str) -> keras.Model:
+    """The keras.Model of the galmorph model logged at `uri`: from the pyfunc model's artifacts
+    (galmorph.inference.pyfunc.network_dir), or from a model logged before galmorph models
+    were pyfuncs (mlflow.keras)."""
+    import tempfile
+
+    import mlflow
+
+    from galmorph.inference.pyfunc import network_dir
+
+    with tempfile.TemporaryDirectory(prefix="galmorph-net-") as tmp:
+        folder = network_dir(uri, tmp)
+        if folder is None:
+            return mlflow.keras.load_model(uri)
+        return load_network(str(folder))
+
+
 def load_weights(model: keras.Model, uri: str, freeze: str = "none") -> list[str]:
     """Copy the weights of the keras.Model logged at `uri` layer by layer (same layer names:
     both were built from specs); layers whose shapes differ are left as built and returned.
     freeze "conv": convolutions and batch normalisation untrainable (BN then runs in inference mode)."""
-    from galmorph.backends.keras.explain import load_logged_model
-
-    source = {layer.name: layer for layer in load_logged_model(uri).layers}
+    source = {layer.name: layer for layer in logged_network(uri).layers}
     kept = []
     for layer in model.layers:
         if not layer.weights:

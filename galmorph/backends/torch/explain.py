@@ -12,17 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from galmorph.backends.torch.model import logged_network
+from galmorph.backends.torch.model import unwrap as _net
 from galmorph.core.errors import GalmorphError
-
-
-def _net(model: nn.Module) -> nn.Module:
-    """The galmorph Net inside wrappers (Probabilities, torch.compile, DistributedDataParallel)."""
-    while not hasattr(model, "body"):
-        inner = next((getattr(model, a) for a in ("net", "_orig_mod", "module") if hasattr(model, a)), None)
-        if inner is None:
-            raise GalmorphError(f"{type(model).__name__} is not a galmorph network")
-        model = inner
-    return model
 
 
 def _relu_after_conv(net: nn.Module, layer_index: int) -> int:
@@ -83,18 +75,5 @@ def conv_gradients(model: nn.Module, x: np.ndarray, class_index, layer_index: in
 
 
 def load_logged_model(uri: str) -> nn.Module:
-    """The network a galmorph run logged (its `model_uri` tag), on the CPU: from the pyfunc
-    model's artifacts (galmorph.inference.pyfunc.network_dir), or from a model logged before
-    galmorph models were pyfuncs (mlflow.pytorch, unwrapped from Probabilities)."""
-    import tempfile
-
-    import mlflow
-
-    from galmorph.backends.torch.model import load_network
-    from galmorph.inference.pyfunc import network_dir
-
-    with tempfile.TemporaryDirectory(prefix="galmorph-net-") as tmp:
-        folder = network_dir(uri, tmp)
-        if folder is None:
-            return _net(mlflow.pytorch.load_model(uri, map_location="cpu"))
-        return load_network(str(folder)).to("cpu")
+    """The network a galmorph run logged (its `model_uri` tag), on the CPU (model.logged_network)."""
+    return logged_network(uri)

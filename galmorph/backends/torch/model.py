@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from galmorph.core import acceleration, training
+from galmorph.core.errors import GalmorphError
 from galmorph.core.specs import NetworkSpec
 
 
@@ -98,6 +99,16 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The galmorph Net inside wrappers (Probabilities, torch.compile, DistributedDataParallel)."""
+    while not hasattr(model, "body"):
+        inner = next((getattr(model, a) for a in ("net", "_orig_mod", "module") if hasattr(model, a)), None)
+        if inner is None:
+            raise GalmorphError(f"{type(model).__name__} is not a galmorph network")
+        model = inner
+    return model
+
+
 NETWORK_FILE = "network.pt"
 
 
@@ -107,9 +118,7 @@ def save_network(model: nn.Module, directory: str) -> list[str]:
     requirements that load it."""
     import copy
 
-    from galmorph.backends.torch.explain import _net
-
-    net = copy.deepcopy(_net(model)).to("cpu").eval()
+    net = copy.deepcopy(unwrap(model)).to("cpu").eval()
     torch.save(net, f"{directory}/{NETWORK_FILE}")
     return [f"torch=={torch.__version__.split('+')[0]}"]
 
@@ -124,13 +133,28 @@ def load_network(directory: str) -> nn.Module:
     return net.to(device()).eval()
 
 
+def logged_network(uri: str) -> nn.Module:
+    """The network of the galmorph model logged at `uri`, on the CPU: from the pyfunc model's
+    artifacts (galmorph.inference.pyfunc.network_dir), or from a model logged before galmorph
+    models were pyfuncs (mlflow.pytorch, unwrapped from Probabilities)."""
+    import tempfile
+
+    import mlflow
+
+    from galmorph.inference.pyfunc import network_dir
+
+    with tempfile.TemporaryDirectory(prefix="galmorph-net-") as tmp:
+        folder = network_dir(uri, tmp)
+        if folder is None:
+            return unwrap(mlflow.pytorch.load_model(uri, map_location="cpu"))
+        return load_network(str(folder)).to("cpu")
+
+
 def load_weights(model: nn.Module, uri: str, freeze: str = "none") -> list[str]:
     """Copy the weights of the network logged at `uri` tensor by tensor (same module names: both
     were built from specs); modules whose shapes differ are left as built and returned.
     freeze "conv": convolutions and batch normalisation get no gradients, BN its running statistics."""
-    from galmorph.backends.torch.explain import load_logged_model
-
-    source = load_logged_model(uri).state_dict()
+    source = logged_network(uri).state_dict()
     state = model.state_dict()
     kept = sorted({key.rsplit(".", 1)[0] for key, t in state.items()
                    if key not in source or source[key].shape != t.shape})
