@@ -21,7 +21,7 @@ from galmorph import backends
 from galmorph.core import acceleration, specs, training
 from galmorph.core.errors import GalmorphError
 from galmorph.data import augment, bands, splits
-from galmorph.tracking import check_experiment
+from galmorph.tracking import check_experiment, model_registry
 
 FREEZE = ("none", "conv")
 TYPES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -33,6 +33,13 @@ def option(default, help, choices=None, mlproject=True, required=False):
     chooses itself). `required`: no default; the CLI flag and the MLproject parameter must be given."""
     return field(default=default, metadata={"help": help, "choices": choices, "mlproject": mlproject,
                                             "required": required})
+
+
+def option_of(cls, name: str):
+    """The option `name` of `cls` again, for a config that passes it on to `cls` (e.g. retrain's
+    --register-as, handed to TrainConfig): one default and one help text for both."""
+    declared = {f.name: f for f in fields(cls)}[name]
+    return field(default=declared.default, metadata=declared.metadata)
 
 
 def nested(cls, help: str = "", exclude: tuple = (), defaults: dict | None = None):
@@ -162,6 +169,8 @@ class TrainConfig:
     devices: int = option(1, "devices to train on, data-parallel (PyTorch: DistributedDataParallel, one torchrun process per device; Keras: tf.distribute.MirroredStrategy); batch_size is the global batch. On a machine without GPUs, N CPU replicas (for testing)")
     init_from: str = option("", "start from the weights of a logged galmorph model: a run id, runs:/<id>/model, models:/NAME/VERSION or models:/NAME@ALIAS (same backend and network; a different class count needs --freeze conv, which re-initialises the output layer)")
     freeze: str = option("none", "with init_from: none (fine-tune every layer) or conv (train only the dense head; convolutions and batch normalisation keep the source's weights)", FREEZE)
+    register_as: str = option("", "register the logged model as a new version of this MLflow registered model, with the run's test metrics as version tags (needs log_model; empty: do not register)")
+    alias: str = option("", "with register_as: point this alias (e.g. champion) at the new version, so that models:/NAME@ALIAS names it")
     experiment: str = option("galmorph", "MLflow experiment name for runs started outside `mlflow run`", mlproject=False)
     run_name: str = option("", "MLflow run name (default: <model>-<backend>-<dataset>)", mlproject=False)
 
@@ -223,6 +232,9 @@ class TrainConfig:
             raise GalmorphError(f"freeze {self.freeze} needs init_from (a logged model to start from); pass --init-from RUN")
         if self.init_from and self.devices > 1:
             raise GalmorphError("init_from trains on one device; drop --devices or train from scratch")
+        if self.register_as and not self.log_model:
+            raise GalmorphError(f"register_as {self.register_as} registers the logged model; drop --log-model false")
+        model_registry.check_names(self.register_as, self.alias)
         for name in ("split_file", "schemes_file"):  # before any data is loaded or generated
             path = getattr(self, name)
             if path and not Path(path).expanduser().is_file():

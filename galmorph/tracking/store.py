@@ -5,7 +5,8 @@ unreachable server or an unopenable database for minutes and then ends in a long
 What is checked, by the kind of store:
 - SQLite (`sqlite:///path`): the database file, if it exists, opens for writing, and its
   folder (or, if MLflow has to create it, the nearest folder that exists) takes a new file;
-- a folder (`file:///path` or a plain path, MLflow's file store): the same for the folder;
+- a folder (`file:///path` or a plain path, MLflow's file store): MLFLOW_ALLOW_FILE_STORE=true
+  is set (MLflow 3 refuses the file store without it), and the same as above for the folder;
 - http(s): the server answers GET <uri>/health within CHECK_TIMEOUT_S (a plain request with
   MLflow's TLS settings, not through MLflow's retrying client); an answer of 500 or more fails;
 - PostgreSQL and MySQL: one connection, with a connect timeout of CHECK_TIMEOUT_S.
@@ -61,9 +62,9 @@ def store_problem(uri: str | None = None) -> str | None:
     elif scheme in ("http", "https"):
         problem = _http(uri)
     elif scheme == "file":
-        problem = _local_folder(uri, Path(unquote(urlsplit(uri).path)))
+        problem = _file_store_refused(uri) or _local_folder(uri, Path(unquote(urlsplit(uri).path)))
     elif scheme == "" and not uri.startswith("databricks"):
-        problem = _local_folder(uri, Path(uri))
+        problem = _file_store_refused(uri) or _local_folder(uri, Path(uri))
     elif dialect in ("postgresql", "postgres", "mysql"):
         problem = _database(uri, scheme)
     else:
@@ -99,6 +100,16 @@ def _sqlite(uri: str) -> str | None:
             return _cannot_write(uri, _why(path, exc))
     why = _folder_takes_files(path.parent)  # SQLite writes its journal next to the file
     return _cannot_write(uri, why) if why else None
+
+
+def _file_store_refused(uri: str) -> str | None:
+    """MLflow 3 opens a file store (./mlruns) only with MLFLOW_ALLOW_FILE_STORE=true; without it
+    every MLflow call raises a long "maintenance mode" error. With it, tracking and the model
+    registry both work there (checked on MLflow 3.17)."""
+    if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1"):
+        return None
+    return (f"MLflow 3 opens the file store {uri} only with MLFLOW_ALLOW_FILE_STORE=true; use a database "
+            "(MLFLOW_TRACKING_URI=sqlite:///mlflow.db) or set MLFLOW_ALLOW_FILE_STORE=true")
 
 
 def _local_folder(uri: str, path: Path) -> str | None:

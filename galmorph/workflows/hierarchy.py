@@ -50,7 +50,7 @@ class HierarchyConfig:
     """Settings of `galmorph hierarchy` (MLproject `hierarchical`): a training configuration
     (its scheme comes from the tree), the tree and the seeds."""
 
-    base: TrainConfig = nested(TrainConfig, exclude=("scheme",))
+    base: TrainConfig = nested(TrainConfig, exclude=("scheme", "register_as", "alias"))
     tree: str = option("early_late_4way", "hierarchy of experiments/hierarchies.yaml")
     seeds: str = option("1", "a count or a list of seeds, as for multiseed")
 

@@ -29,8 +29,9 @@ from galmorph.config import TrainConfig, nested, option
 from galmorph.core.errors import GalmorphError
 from galmorph.core.metrics import metric_safe
 from galmorph.data import registry, schemes
+from galmorph.tracking import model_registry
 from galmorph.tracking.artifacts import no_progress_bar
-from galmorph.tracking.tags import KIND, PARENT, RUN_NAME, run_name
+from galmorph.tracking.tags import KIND, MODEL_URI, PARENT, RUN_NAME, run_name
 from galmorph.workflows import ensemble as ens
 from galmorph.workflows import hierarchy as hier
 from galmorph.workflows import train
@@ -111,13 +112,16 @@ def run(config: TrainConfig, seeds: list[int], *, hierarchy: str | None = None, 
     with tracking.run(name, nested=nested, tags=tags, system_metrics=not nested) as parent:
         if problem is not None:
             raise problem
+        if config.register_as:  # a store without a registry: before the seeds train
+            model_registry.check_store()
         params = {k: v for k, v in config.to_dict().items() if k != "seed"}
         tracking.log_params({**params, "seeds": ",".join(map(str, seeds)), "n_seeds": len(seeds),
                              "hierarchy": hierarchy or ""})
         rows, results, children = [], [], []
         shared = _SharedSplit(config.split_file) if ensemble else None
         for seed in seeds:
-            child = config.replace(seed=seed, run_name=f"{name}-seed{seed}",
+            # the group registers one model (below), not one per seed
+            child = config.replace(seed=seed, run_name=f"{name}-seed{seed}", register_as="", alias="",
                                    split_file=shared.path if shared else config.split_file)
             # nested runs take their name from the mlflow.runName tag
             child_tags = {PARENT: parent.info.run_id, RUN_NAME: child.run_name}
@@ -141,6 +145,8 @@ def run(config: TrainConfig, seeds: list[int], *, hierarchy: str | None = None, 
         _log_table(rows, summary)
         if "test_accuracy_mean" in summary:
             mlflow.set_tag("test_accuracy", f"{summary['test_accuracy_mean']:.4f} +- {summary['test_accuracy_std']:.4f}")
+        if config.register_as:
+            _register(config, parent.info.run_id, rows)
         return summary
 
 
@@ -167,7 +173,14 @@ def sweep(config: TrainConfig, seeds: list[int], scheme_list: list[str], ensembl
 
     if len(scheme_list) == 1:
         return {scheme_list[0]: run(config.replace(scheme=scheme_list[0]), seeds, ensemble=ensemble)}
-    problem = tracking.validated(config.validate)
+
+    def check():
+        config.validate()
+        if config.register_as:
+            raise GalmorphError(f"register_as {config.register_as} registers one model; with several schemes "
+                                f"({', '.join(scheme_list)}) run multiseed once per scheme to register each")
+
+    problem = tracking.validated(check)
     tracking.configure(config.experiment)
     name = config.run_name or run_name(config.model, config.backend, config.dataset, "sweep")
     tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset,
@@ -186,6 +199,33 @@ def sweep(config: TrainConfig, seeds: list[int], scheme_list: list[str], ensembl
 
                 mlflow.log_metric(f"test_accuracy_mean_{metric_safe(scheme)}", acc)
     return out
+
+
+def _register(config: TrainConfig, parent_id: str, rows: list[dict]) -> None:
+    """Register the group's model under config.register_as: the parent's own model where it
+    logged one (an ensemble of the seeds), else the member with the best validation accuracy
+    (never chosen by test accuracy, which the version's tags report)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_id)
+    scheme = parent.data.tags.get("scheme", config.scheme)
+    uri = parent.data.tags.get(MODEL_URI)
+    if uri:  # the ensemble (galmorph.workflows.ensemble): its ensemble_test_* scores are the version's test_*
+        metrics = {k.removeprefix("ensemble_"): v for k, v in parent.data.metrics.items()
+                   if k.startswith(f"{ens.PREFIX}_")}
+        origin, source = f"ensemble of seeds {parent.data.tags.get('seeds', '')}", parent_id
+    else:
+        best = max(rows, key=lambda r: r.get("best_val_accuracy", float("-inf")))
+        uri = client.get_run(best["run_id"]).data.tags.get(MODEL_URI)
+        if not uri:
+            raise GalmorphError(f"run {best['run_id']} logged no model to register; drop --log-model false")
+        metrics = {k: v for k, v in best.items() if k.startswith("test_")}
+        origin = f"seed {best['seed']}, the best of {len(rows)} seeds by validation accuracy"
+        source = best["run_id"]
+    text = model_registry.description(config, scheme, metrics, origin)
+    model_registry.register(uri, config.register_as, config.alias, metrics, text, parent_id, source_run=source)
+    print(model_registry.summary_line(client.get_run(parent_id).data.tags) + f" ({origin})", flush=True)
 
 
 class _SharedSplit:

@@ -15,7 +15,7 @@ from galmorph import backends, tracking
 from galmorph.config import TrainConfig
 from galmorph.core import calibration, metrics, progress, specs, system, training
 from galmorph.data import augment, registry
-from galmorph.tracking import artifacts, tags
+from galmorph.tracking import artifacts, model_registry, tags
 from galmorph.tracking import figures as plots
 from galmorph.workflows import explain, finetune
 from galmorph.workflows.prepare import Prepared, check_data_settings, hyper_from, prepare, train_stream
@@ -57,6 +57,8 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
 
 def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefix="") -> dict:
     tracking.log_params({**config.to_dict(), **{f"version_{k}": v for k, v in system.library_versions().items()}})
+    if config.register_as:  # a store without a registry: before the training, not after
+        model_registry.check_store()
     source = finetune.resolve(config.init_from) if config.init_from else None  # an unknown model: before the data
     t_data = time.perf_counter()
     prepared = prepared or prepare(config)
@@ -145,6 +147,9 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
 
         uri = pyfunc.log_run_model(backend, model, config, prepared, temperature, active.info.run_id)
         mlflow.set_tag(tags.MODEL_URI, uri)
+        if config.register_as:
+            model_registry.register(uri, config.register_as, config.alias, final,
+                                    model_registry.description(config, data.scheme, final), active.info.run_id)
     return final
 
 
@@ -220,6 +225,9 @@ def closing_summary(run_id: str, final: dict) -> str:
     model_uri = run.data.tags.get(tags.MODEL_URI)
     if model_uri:
         lines.append(f"model {model_uri}")
+    registered = model_registry.summary_line(run.data.tags)
+    if registered:
+        lines.append(registered)
     store = _store_for_humans(mlflow.get_tracking_uri())
     if store.startswith(("http://", "https://")):
         lines.append(f"see it: {store.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}")

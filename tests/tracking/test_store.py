@@ -111,7 +111,7 @@ def test_a_relative_sqlite_store_is_checked_where_mlflow_puts_it(tmp_path, monke
     assert problem is not None and f"{tmp_path / 'mlflow.db'} is a folder, not a database file" in problem
 
 
-def test_a_store_under_a_regular_file_fails(tmp_path):
+def test_a_store_under_a_regular_file_fails(tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("")
     uri = f"sqlite:///{tmp_path / 'afile' / 'mlflow.db'}"
     with pytest.raises(GalmorphError) as info:
@@ -119,7 +119,18 @@ def test_a_store_under_a_regular_file_fails(tmp_path):
     assert str(info.value) == (f"cannot write the MLflow tracking store {uri}: {tmp_path / 'afile'} is a file, "
                                f"not a folder; {FIX_LOCAL}")
     file_uri = f"file://{tmp_path / 'afile' / 'mlruns'}"
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     assert f"{tmp_path / 'afile'} is a file, not a folder" in store_problem(file_uri)
+
+
+def test_a_file_store_needs_mlflows_permission(tmp_path, monkeypatch):
+    """MLflow 3 refuses ./mlruns unless MLFLOW_ALLOW_FILE_STORE=true: one line saying so, not its traceback."""
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    for uri in (f"file://{tmp_path / 'mlruns'}", str(tmp_path / "mlruns2")):
+        problem = store_problem(uri)
+        assert problem is not None and "only with MLFLOW_ALLOW_FILE_STORE=true" in problem, problem
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert store_problem(f"file://{tmp_path / 'mlruns3'}") is None
 
 
 def test_a_store_in_an_unwritable_folder_fails(unwritable_folder):

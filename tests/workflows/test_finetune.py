@@ -65,14 +65,12 @@ def ft(request, tmp_path_factory):
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     client.search_experiments()  # the schema, before two processes share the store
     five = make_h5(tmp / "five.h5", n=100, size=69, n_classes=5)
-    src = _train(env, "--backend", backend, *SYNTH, "--epochs", "2", "--run-name", "source")
+    # the source registers itself (--register-as, --alias): the conv case starts from models:/src@champ
+    src = _train(env, "--backend", backend, *SYNTH, "--epochs", "2", "--run-name", "source",
+                 "--register-as", "src", "--alias", "champ")
     assert src.returncode == 0, src.stderr[-3000:]
     source = client.search_runs([client.get_experiment_by_name("ft").experiment_id])[0]
     sid, suri = source.info.run_id, source.data.tags["model_uri"]
-    # in a child: register_model goes through MLflow's global URIs, which setting would export to later children
-    reg = run_python(f"import mlflow; v = mlflow.register_model({suri!r}, 'src'); "
-                     "mlflow.MlflowClient().set_registered_model_alias('src', 'champ', v.version)", env)
-    assert reg.returncode == 0, reg.stderr[-3000:]
     before = _snapshot(client, sid)
     b = ["--backend", backend]
     cases = {
@@ -90,7 +88,22 @@ def ft(request, tmp_path_factory):
     runs = {r.data.tags["mlflow.runName"]: r for r in client.search_runs(
         [client.get_experiment_by_name("ft").experiment_id])}
     return {"backend": backend, "env": env, "client": client, "procs": procs, "runs": runs, "sid": sid,
-            "suri": suri, "before": before}
+            "suri": suri, "before": before, "source_proc": src}
+
+
+def test_the_source_registered_itself_with_its_test_metrics(ft):
+    """--register-as src --alias champ: version 1 of src is the run's logged model, tagged with
+    its test metrics and described; the alias points at it; the run says which version it became."""
+    client, source = ft["client"], ft["runs"]["source"]
+    version = client.get_model_version_by_alias("src", "champ")
+    assert str(version.version) == "1" and version.run_id == ft["sid"] and version.source == ft["suri"]
+    assert float(version.tags["test_accuracy"]) == pytest.approx(source.data.metrics["test_accuracy"], abs=1e-5)
+    assert {"test_balanced_accuracy", "test_macro_f1", "galmorph.source_run"} <= set(version.tags)
+    assert version.description.startswith(f"galmorph c2, width 0.25 trained with {ft['backend']} on synthetic")
+    assert f"test accuracy {source.data.metrics['test_accuracy']:.4f}" in version.description
+    assert source.data.tags["registered_model_name"] == "src"
+    assert source.data.tags["registered_model_version"] == "1" and source.data.tags["registered_model_alias"] == "champ"
+    assert "registered models:/src/1 = models:/src@champ" in ft["source_proc"].stdout
 
 
 def test_freeze_conv_keeps_the_source_convolutions_and_trains_a_new_output_layer(ft):

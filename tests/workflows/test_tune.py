@@ -276,7 +276,7 @@ cfg = TuneConfig.of(backend={backend!r}, dataset="synthetic", synthetic_n=120, e
 out = {{"tune": tune(cfg, pruner=PruneTrialOne())}}
 if {retrain!r}:
     out["retrain"] = retrain(RetrainConfig(study_name="tiny", storage={storage!r}, experiment="tune-test-{backend}",
-                                           log_model=False))
+                                           register_as="tiny-best", alias="champion"))
 print("RESULT " + json.dumps(out, default=str))
 """
 
@@ -343,6 +343,12 @@ def test_three_trial_study_logs_nested_runs(tmp_path, mlflow_store, small_space,
         assert run.data.params["patience"] == "0" and run.data.tags["val_merged_into_train"] == "true"
         assert study.user_attrs.get("galmorph_identity")  # ... and the study knows it was retrained:
         assert optuna.load_study(study_name="tiny", storage=storage).user_attrs["retrain"]["run_id"] == run.info.run_id
+        # --register-as tiny-best --alias champion: the retrained model, its test accuracy in the version's tags
+        version = client.get_model_version_by_alias("tiny-best", "champion")
+        assert version.run_id == run.info.run_id and version.source == run.data.tags["model_uri"]
+        assert float(version.tags["test_accuracy"]) == pytest.approx(result["test_accuracy"], abs=1e-5)
+        assert run.data.tags["registered_model_version"] == str(version.version) == "1"
+        assert "registered models:/tiny-best/1 = models:/tiny-best@champion" in proc.stdout
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from galmorph.config import TrainConfig, build, check_choices, nested, option
+from galmorph.config import TrainConfig, build, check_choices, nested, option, option_of
 from galmorph.core.errors import GalmorphError
 from galmorph.tracking.tags import run_name
 from galmorph.workflows.prepare import check_data_settings
@@ -34,7 +34,8 @@ class TuneConfig:
     the TrainConfig every trial starts from (`base`, its settings as flags of their own) and
     the study's settings. The search space overrides some of base's settings per trial."""
 
-    base: TrainConfig = nested(TrainConfig, exclude=("log_model", "tta", "explain", "experiment", "run_name"),
+    base: TrainConfig = nested(TrainConfig, exclude=("log_model", "tta", "explain", "experiment", "run_name",
+                                                     "register_as", "alias"),
                                defaults={"epochs": 10, "log_model": False, "tta": False})
     n_trials: int = option(20, "trials this invocation runs (a resumed study adds this many; 0 = until --timeout)")
     timeout: float = option(0.0, "stop starting new trials after this many seconds (0 = no limit)")
@@ -97,5 +98,7 @@ class RetrainConfig:
     threads: int = option(0, "CPU threads for the framework (0 = all cores)")
     tta: bool = option(False, "also report test metrics averaged over the 40 views")
     log_model: bool = option(True, "log the retrained model to MLflow")
+    register_as: str = option_of(TrainConfig, "register_as")
+    alias: str = option_of(TrainConfig, "alias")
     experiment: str = option("galmorph-tune", "MLflow experiment name for runs started outside `mlflow run`", mlproject=False)
     run_name: str = option("", "MLflow run name (default: <study>-retrain-trial-<n>)", mlproject=False)

@@ -8,7 +8,7 @@ import contextlib
 from galmorph import tracking
 from galmorph.config import TrainConfig
 from galmorph.core.errors import GalmorphError
-from galmorph.tracking import redact
+from galmorph.tracking import model_registry, redact
 from galmorph.tracking.tags import ROLE
 from galmorph.workflows import prepare, train
 from galmorph.workflows.tune.config import DEFAULT_STORAGE, RetrainConfig
@@ -26,6 +26,7 @@ def retrain(config: RetrainConfig) -> dict:
     """
     import mlflow
 
+    model_registry.check_names(config.register_as, config.alias)  # before the study is opened
     storage_url = config.storage or DEFAULT_STORAGE
     study, best = _best_trial(config.study_name, storage_url)
     base_dict = dict(study.user_attrs.get("galmorph_base_config") or {})
@@ -35,6 +36,7 @@ def retrain(config: RetrainConfig) -> dict:
     epochs = config.epochs or max(1, int(best.user_attrs.get("best_epoch", base.epochs - 1)) + 1)
     cfg = base.replace(**best.user_attrs.get("config_overrides", {}), epochs=epochs, patience=0,
                        log_model=config.log_model, tta=config.tta, threads=config.threads,
+                       register_as=config.register_as, alias=config.alias,
                        experiment=config.experiment, dataset=config.dataset or base.dataset,
                        run_name=config.run_name or f"{config.study_name}-retrain-trial-{best.number}")
     cfg.validate()
@@ -58,6 +60,9 @@ def retrain(config: RetrainConfig) -> dict:
         study.set_user_attr("retrain", out)
     print(f"retrained trial {best.number} of {config.study_name} for {epochs} epochs on train+validation: "
           f"study val accuracy {best.value:.4f}, test accuracy {out['test_accuracy']:.4f} (run {run_id})")
+    registered = model_registry.summary_line(mlflow.MlflowClient().get_run(run_id).data.tags)
+    if registered:
+        print(registered)
     return out
 
 
