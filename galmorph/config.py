@@ -128,7 +128,9 @@ class TrainConfig:
     augment: str = option("random", "training augmentation: paper40 (all 40 views per epoch), random (one of the 40 per image and epoch) or none", augment.MODES)
     epochs: int = option(30, "maximum number of epochs (the paper: up to 100, with early stopping)")
     batch_size: int = option(64, "training batch size (the paper: 400 at 100x100)")
-    learning_rate: float = option(2e-4, "optimiser learning rate (the paper: Adam 2e-4 for C2)")
+    learning_rate: float = option(2e-4, "optimiser learning rate (the paper: Adam 2e-4 for C2); the peak rate of a cosine or onecycle schedule")
+    lr_schedule: str = option("constant", "learning rate per epoch: constant, cosine (linear warm-up over warmup_epochs, then cosine decay to 0 at the end of the last epoch) or onecycle (cosine rise from learning_rate/25 over warmup_epochs, or 30 % of the epochs when 0, then cosine annealing); galmorph.core.training.lr_at", training.LR_SCHEDULES)
+    warmup_epochs: int = option(0, "epochs of learning-rate warm-up of the cosine and onecycle schedules (at most epochs - 1 are used)")
     patience: int = option(5, "early stopping: epochs without a lower validation loss before stopping (0 = never stop early); the best weights are restored")
     seed: int = option(0, "seed of the split, the augmentation order and the weights")
     max_images: int = option(0, "use a stratified subset of at most this many images (0 = all); each class keeps at least 3 images, so fewer than 3 per class (12 for 4 classes) is an error")
@@ -202,7 +204,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "synthetic_n", "devices"):
             if getattr(self, name) < 1:
                 raise GalmorphError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("seed", "patience", "max_images", "threads", "dense_units", "loader_workers", "prefetch", "image_size"):
+        for name in ("seed", "patience", "max_images", "threads", "dense_units", "loader_workers", "prefetch", "image_size",
+                     "warmup_epochs"):
             if getattr(self, name) < 0:
                 raise GalmorphError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if not self.learning_rate > 0:
