@@ -118,6 +118,9 @@ def log_study(study, summary: dict, space: SearchSpace) -> None:
         (out / "study_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         if summary["best_config"]:
             (out / "best_config.yaml").write_text(yaml.safe_dump(summary["best_config"], sort_keys=False))
+        elif summary["best_trial"] is not None:  # no overrides: the best is the base configuration (trial 0)
+            (out / "best_config.yaml").write_text("{}  # the base configuration itself (study user attr "
+                                                  "galmorph_base_config)\n")
         with contextlib.suppress(Exception):
             frame = study.trials_dataframe(attrs=("number", "value", "state", "duration", "params", "user_attrs"))
             frame.to_csv(out / "trials.csv", index=False)
