@@ -24,7 +24,6 @@ from galmorph.core.errors import GalmorphError
 
 FILE = "presets.yaml"
 NONE = "none"  # no preset: the built-in defaults
-DEFAULT = TrainConfig.preset  # what `galmorph train` uses without --preset
 
 
 @functools.lru_cache(maxsize=1)
