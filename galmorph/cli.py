@@ -68,6 +68,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> None:
             help_text = f"{s.help} (default: the preset's, else {s.default})"
         else:
             help_text = s.help + (" (required)" if s.required else f" (default: {s.default})")
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %: "30 %" is text here
         parser.add_argument(s.flag, dest=s.name, type=_bool if s.type is bool else s.type,
                             default=None if s.presettable else s.default,
                             required=s.required, choices=s.choices, metavar=None if s.choices else s.name.upper(),

@@ -63,6 +63,15 @@ def test_every_command_that_trains_resolves_the_same_preset(command):
         assert parsed("tune").epochs == 40 and parsed("tune", "--preset", "none").epochs == 10
 
 
+@pytest.mark.parametrize("command", ["train", "tune", "multiseed", "hierarchy"])
+def test_help_names_the_preset_and_what_a_flag_defaults_to(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.build_parser().parse_args([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert exit_.value.code == 0 and "--preset PRESET" in out and "(default: recommended)" in out
+    assert "30 % of the epochs" in out and "(default: the preset's, else 30)" in out
+
+
 def test_unknown_preset_is_one_line_naming_the_known_ones(capsys):
     assert cli.main(["train", "--preset", "fast"]) == 2
     err = capsys.readouterr().err.strip()
