@@ -202,10 +202,7 @@ class TrainConfig:
         """Check every setting; raise a one-line GalmorphError for the first bad one."""
         if self.model not in specs.available():
             raise GalmorphError(f"unknown model {self.model!r}; choose one of {', '.join(specs.available())}")
-        check_choices(self)
-        from galmorph import presets  # reads experiments/presets.yaml
-
-        presets.check_name(self.preset)
+        check_choices(self)  # (the preset's name: galmorph.presets.check_name, by the workflows)
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):

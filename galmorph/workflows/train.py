@@ -38,7 +38,7 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
     launched = _data_parallel(config)
     if launched is not None:
         return launched
-    problem = tracking.validated(lambda: check_data_settings(config.validate()))
+    problem = tracking.validated(lambda: (presets.check_name(config.preset), check_data_settings(config.validate())))
     tracking.configure(config.experiment)
     import mlflow  # after the settings are checked: importing it takes seconds
     run_tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset,

@@ -73,12 +73,16 @@ def test_help_names_the_preset_and_what_a_flag_defaults_to(command, capsys):
     assert "30 % of the epochs" in out and f"(default: the preset's, else {epochs})" in out
 
 
-def test_unknown_preset_is_one_line_naming_the_known_ones(capsys):
+def test_unknown_preset_is_one_line_naming_the_known_ones(capsys, tracking_uri):
     assert cli.main(["train", "--preset", "fast"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == "galmorph: error: unknown preset 'fast'; choose one of paper, recommended, none"
+    err = capsys.readouterr().err.strip().splitlines()  # (the fixture's store set-up logs before it)
+    assert err[-1] == "galmorph: error: unknown preset 'fast'; choose one of paper, recommended, none"
+    from galmorph.workflows import train
+
+    with pytest.raises(GalmorphError, match="unknown preset 'fast'"):  # the Python API: before any data or training
+        train.run(TrainConfig(preset="fast", experiment="presets"))
     with pytest.raises(GalmorphError, match="unknown preset 'fast'"):
-        TrainConfig(preset="fast").validate()
+        TuneConfig.of(preset="fast").validate()
 
 
 def test_presets_file_is_checked(tmp_path, monkeypatch):

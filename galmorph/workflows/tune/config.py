@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from galmorph import presets
 from galmorph.config import TrainConfig, build, check_choices, nested, option
 from galmorph.core.errors import GalmorphError
 from galmorph.tracking.tags import run_name
@@ -87,6 +88,7 @@ class TuneConfig:
         if self.grace_period and self.grace_period <= self.heartbeat_interval:
             raise GalmorphError(f"grace_period ({self.grace_period} s) must exceed heartbeat_interval "
                                 f"({self.heartbeat_interval} s), or a live trial would be failed")
+        presets.check_name(self.base.preset)
         check_data_settings(self.train_config().validate())
         return self
 
