@@ -64,10 +64,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> None:
     for s in settings_of(cls):
         if s.name in skip:
             continue
-        help_text = s.help + (" (required)" if s.required else f" (default: {s.default})")
+        if s.presettable:  # None = not given: the preset's value, else the default (galmorph.presets)
+            help_text = f"{s.help} (default: the preset's, else {s.default})"
+        else:
+            help_text = s.help + (" (required)" if s.required else f" (default: {s.default})")
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %: "30 %" is text here
         # a bare boolean flag (`--tta`) means true; `--tta false` (as MLproject passes it) still works
         extra = {"nargs": "?", "const": True} if s.type is bool else {}
-        parser.add_argument(s.flag, dest=s.name, type=_bool if s.type is bool else s.type, default=s.default,
+        parser.add_argument(s.flag, dest=s.name, type=_bool if s.type is bool else s.type,
+                            default=None if s.presettable else s.default,
                             required=s.required, choices=s.choices, metavar=None if s.choices else s.name.upper(),
                             help=help_text, **extra)
 
@@ -82,10 +87,23 @@ def _bool(text):
 
 
 def config_from(args, cls):
-    """The config of class `cls` that the parsed flags describe."""
-    from galmorph.config import build
+    """The config of class `cls` that the parsed flags describe, presets resolved: a
+    presettable flag not given (None) takes the preset's value (galmorph.presets.resolve)."""
+    from galmorph import presets
 
-    return build(cls, vars(args))
+    return presets.resolve(cls, {k: v for k, v in vars(args).items() if v is not None})
+
+
+def _underscored_flags(argv: list[str]) -> list[str]:
+    """`--batch_size 32` as `--batch-size 32`: `mlflow run` passes a -P parameter that MLproject
+    does not declare (the presettable ones, see galmorph.presets) as --<its name> <value>."""
+    out = []
+    for word in argv:
+        if word.startswith("--") and "_" in word.split("=", 1)[0]:
+            head, eq, tail = word.partition("=")
+            word = head.replace("_", "-") + eq + tail
+        out.append(word)
+    return out
 
 
 def cmd_train(args) -> int:
@@ -341,6 +359,7 @@ def main(argv=None) -> int:
 
     with interrupts.installed():
         try:
+            argv = _underscored_flags(sys.argv[1:] if argv is None else list(argv))
             args = build_parser().parse_args(argv)  # imports for seconds: interruptible too
             return args.func(args)
         except KeyboardInterrupt as exc:  # its message names the signal when a run was ended KILLED first

@@ -27,12 +27,15 @@ FREEZE = ("none", "conv")
 TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
-def option(default, help, choices=None, mlproject=True, required=False):
+def option(default, help, choices=None, mlproject=True, required=False, preset=False):
     """A setting: its default, help text, allowed values, and whether MLproject entry points
     expose it (False: process-level settings such as the experiment name, which `mlflow run`
-    chooses itself). `required`: no default; the CLI flag and the MLproject parameter must be given."""
+    chooses itself). `required`: no default; the CLI flag and the MLproject parameter must be given.
+    `preset`: a preset of experiments/presets.yaml may set it (galmorph.presets), so the CLI and
+    MLproject must know whether it was given: its flag has no default of its own (a value not
+    given comes from the preset, else `default`), and MLproject passes it only when given."""
     return field(default=default, metadata={"help": help, "choices": choices, "mlproject": mlproject,
-                                            "required": required})
+                                            "required": required, "preset": preset})
 
 
 def option_of(cls, name: str):
@@ -63,6 +66,7 @@ class Setting:
     mlproject: bool
     required: bool
     owner: str  # "" for a field of the class itself, else the nested field's name
+    presettable: bool = False  # a preset may set it (option(..., preset=True))
 
     @property
     def flag(self) -> str:
@@ -92,7 +96,8 @@ def _setting(f, owner: str, default) -> Setting:
     required = f.metadata.get("required", False)
     return Setting(f.name, TYPES[f.type if isinstance(f.type, str) else f.type.__name__],
                    None if required or default is MISSING else default, f.metadata.get("help", ""),
-                   f.metadata.get("choices"), f.metadata.get("mlproject", True), required, owner)
+                   f.metadata.get("choices"), f.metadata.get("mlproject", True), required, owner,
+                   f.metadata.get("preset", False))
 
 
 def build(cls, values: dict):
@@ -126,31 +131,34 @@ def check_choices(config) -> None:
 
 @dataclass
 class TrainConfig:
+    preset: str = option("recommended", "named settings of experiments/presets.yaml for the settings not given: recommended (galmorph's recipe), paper (the paper's regime) or none (the built-in defaults); explicit flags override it")
     model: str = option("c2", "network: c1 or c2 (experiments/architectures.yaml)")
     backend: str = option("keras", "deep-learning backend", tuple(backends.BACKENDS))
     dataset: str = option("synthetic", "galaxy10, galaxy10_decals, synthetic, nair2010, or the path of a Galaxy10-format .h5 file")
     scheme: str = option("default", "class scheme of experiments/schemes.yaml (native, 4way, phys449_4way, ...); default: the dataset's")
-    band: str = option("g", "band(s) fed to the network, among the dataset's: SDSS images g (the paper's), r, i (what PHYS449 used) or gri; Galaxy10 DECaLS g, r, z or grz", bands.ALL_BANDS)
+    band: str = option("g", "band(s) fed to the network, among the dataset's: SDSS images g (the paper's), r, i (what PHYS449 used) or gri; Galaxy10 DECaLS g, r, z or grz", bands.ALL_BANDS, preset=True)
     image_size: int = option(0, "downsample the images on load to this side in pixels by area averaging (0 = native; e.g. 64 or 128 for the 256 px Galaxy10 DECaLS)")
-    augment: str = option("random", "training augmentation: paper40 (all 40 views per epoch), random (one of the 40 per image and epoch) or none", augment.MODES)
-    epochs: int = option(30, "maximum number of epochs (the paper: up to 100, with early stopping)")
-    batch_size: int = option(64, "training batch size (the paper: 400 at 100x100)")
-    learning_rate: float = option(2e-4, "optimiser learning rate (the paper: Adam 2e-4 for C2)")
-    patience: int = option(5, "early stopping: epochs without a lower validation loss before stopping (0 = never stop early); the best weights are restored")
+    augment: str = option("random", "training augmentation: paper40 (all 40 views per epoch), random (one of the 40 per image and epoch) or none", augment.MODES, preset=True)
+    epochs: int = option(30, "maximum number of epochs (the paper: up to 100, with early stopping)", preset=True)
+    batch_size: int = option(64, "training batch size (the paper: 400 at 100x100)", preset=True)
+    learning_rate: float = option(2e-4, "optimiser learning rate (the paper: Adam 2e-4 for C2); the peak rate of a cosine or onecycle schedule", preset=True)
+    lr_schedule: str = option("constant", "learning rate per epoch: constant, cosine (linear warm-up over warmup_epochs, then cosine decay to 0 at the end of the last epoch) or onecycle (cosine rise from learning_rate/25 over warmup_epochs, or 30 % of the epochs when 0, then cosine annealing); galmorph.core.training.lr_at", training.LR_SCHEDULES, preset=True)
+    warmup_epochs: int = option(0, "epochs of learning-rate warm-up of the cosine and onecycle schedules (at most epochs - 1 are used)", preset=True)
+    patience: int = option(5, "early stopping: epochs without a lower validation loss before stopping (0 = never stop early); the best weights are restored", preset=True)
     seed: int = option(0, "seed of the split, the augmentation order and the weights")
     max_images: int = option(0, "use a stratified subset of at most this many images (0 = all); each class keeps at least 3 images, so fewer than 3 per class (12 for 4 classes) is an error")
-    val_fraction: float = option(0.15, "fraction of galaxies in the validation split")
-    test_fraction: float = option(0.15, "fraction of galaxies in the test split")
-    crop_fraction: float = option(100 / 110, "side of the crops relative to the image (100 of 110 px, as PHYS449 rebuilt the paper's crops)")
-    optimizer: str = option("adam", "optimiser", training.OPTIMIZERS)
-    weight_decay: float = option(0.0, "decoupled weight decay (AdamW-style) for any optimiser")
-    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss")
-    class_weights: str = option("none", "weight the loss by class: none or balanced (inverse class frequency of the training split)", training.CLASS_WEIGHTS)
-    width: float = option(1.0, "multiplier of the convolution filters")
-    dense_units: int = option(0, "units of each hidden dense layer (0 = the architecture's, 256)")
-    dropout: float = option(-1.0, "dropout rate (-1 = the architecture's, 0.5)")
-    batchnorm: str = option("default", "C1 batch normalisation: true, false or default (true)", ("default", "true", "false"))
-    tta: bool = option(False, "also report test metrics averaged over the 40 views (test-time augmentation)")
+    val_fraction: float = option(0.15, "fraction of galaxies in the validation split", preset=True)
+    test_fraction: float = option(0.15, "fraction of galaxies in the test split", preset=True)
+    crop_fraction: float = option(100 / 110, "side of the crops relative to the image (100 of 110 px, as PHYS449 rebuilt the paper's crops)", preset=True)
+    optimizer: str = option("adam", "optimiser", training.OPTIMIZERS, preset=True)
+    weight_decay: float = option(0.0, "decoupled weight decay (AdamW-style) for any optimiser", preset=True)
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss", preset=True)
+    class_weights: str = option("none", "weight the loss by class: none or balanced (inverse class frequency of the training split)", training.CLASS_WEIGHTS, preset=True)
+    width: float = option(1.0, "multiplier of the convolution filters", preset=True)
+    dense_units: int = option(0, "units of each hidden dense layer (0 = the architecture's, 256)", preset=True)
+    dropout: float = option(-1.0, "dropout rate (-1 = the architecture's, 0.5)", preset=True)
+    batchnorm: str = option("default", "C1 batch normalisation: true, false or default (true)", ("default", "true", "false"), preset=True)
+    tta: bool = option(False, "also report test metrics averaged over the 40 views (test-time augmentation)", preset=True)
     synthetic_n: int = option(2000, "number of images when dataset=synthetic")
     synthetic_noise: float = option(1.0, "noise level (difficulty) when dataset=synthetic")
     split_file: str = option("", "reuse the split of this splits.json (logged by an earlier run) instead of making one")
@@ -203,7 +211,7 @@ class TrainConfig:
         """Check every setting; raise a one-line GalmorphError for the first bad one."""
         if self.model not in specs.available():
             raise GalmorphError(f"unknown model {self.model!r}; choose one of {', '.join(specs.available())}")
-        check_choices(self)
+        check_choices(self)  # (the preset's name: galmorph.presets.check_name, by the workflows)
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -211,7 +219,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "synthetic_n", "devices"):
             if getattr(self, name) < 1:
                 raise GalmorphError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("seed", "patience", "max_images", "threads", "dense_units", "loader_workers", "prefetch", "image_size"):
+        for name in ("seed", "patience", "max_images", "threads", "dense_units", "loader_workers", "prefetch", "image_size",
+                     "warmup_epochs"):
             if getattr(self, name) < 0:
                 raise GalmorphError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if not self.learning_rate > 0:

@@ -78,8 +78,12 @@ HEADER = """\
 # Each parameter's meaning, default and allowed values: docs/parameters.md or `galmorph <command> --help`.
 # Run with: mlflow run . -e c2_keras --env-manager local -P dataset=synthetic -P epochs=5
 # MLproject has no integer type: integer parameters are typed float and must be given as whole numbers.
-name: galmorph
+# Settings a preset may set (experiments/presets.yaml) are not declared, so that MLflow passes
+# them, as --name value, only when given with -P: otherwise the preset's value applies
+# (see galmorph/presets.py). Every entry point with a `preset` parameter takes them:
+"""
 
+BODY = """\
 conda_env: conda.yaml
 
 entry_points:
@@ -99,10 +103,11 @@ def _flow(value) -> str:
 
 
 def mlproject() -> str:
-    out = [HEADER]
+    names = ", ".join(s.name for s in settings_of(TrainConfig) if s.presettable)
+    out = [HEADER, *(f"#   {line}\n" for line in textwrap.wrap(names, 96)), "name: galmorph\n\n", BODY]
     blocks = []
     for ep in ENTRY_POINTS:
-        params = [s for s in settings_of(ep.config) if s.mlproject and s.name not in ep.fixed]
+        params = [s for s in settings_of(ep.config) if s.mlproject and s.name not in ep.fixed and not s.presettable]
         blocks.append((ep, params, "\n".join(f"      {s.name}: {_flow(_parameter(s))}" for s in params)))
     reused = {b for i, (_, _, b) in enumerate(blocks) if any(b == later for _, _, later in blocks[i + 1:])}
     anchors: dict[str, str] = {}
@@ -148,6 +153,8 @@ def parameters_md() -> str:
             default = "(required)" if s.required else f"`{_text(s.default)}`"
             allowed = ", ".join(f"`{c}`" for c in s.choices) if s.choices else ""
             where = "" if s.mlproject else " (CLI only)"
+            if s.presettable:
+                default = f"preset's, else {default}"
             lines.append(f"| `{s.name}` | {default} | {allowed} | {s.help.replace('|', '/')}{where} |")
         lines.append("")
     return "\n".join(lines)

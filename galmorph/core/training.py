@@ -23,6 +23,10 @@ from galmorph.core.progress import epoch_line
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "adadelta")  # sgd: with momentum SGD_MOMENTUM
 CLASS_WEIGHTS = ("none", "balanced")  # balanced: inverse class frequency of the training split
+LR_SCHEDULES = ("constant", "cosine", "onecycle")  # see lr_at
+ONECYCLE_START = 25.0  # onecycle starts at learning_rate / 25 (torch OneCycleLR's div_factor) ...
+ONECYCLE_END = 1e4  # ... and anneals towards that start / 1e4 (its final_div_factor)
+ONECYCLE_RISE = 0.3  # the rise's share of the epochs when warmup_epochs is 0 (its pct_start)
 
 # Constants both backends use, so that the two builds of a network are the same network.
 ADAM_EPSILON = 1e-7
@@ -58,6 +62,8 @@ class Hyper:
 
     epochs: int
     learning_rate: float
+    lr_schedule: str
+    warmup_epochs: int
     optimizer: str
     weight_decay: float
     label_smoothing: float
@@ -70,6 +76,45 @@ class Hyper:
     prefetch: int
     pin_memory: str
     devices: int
+
+
+def lr_at(epoch: int, hyper: Hyper) -> float:
+    """The learning rate of (0-based) `epoch`, held for the whole epoch; both backends set it
+    before the epoch's first step (Keras: optimizer.learning_rate; PyTorch: each param_group's
+    lr) and apply the decoupled weight decay with it (lr * weight_decay per step, as Keras does).
+
+    Per epoch, not per step: one Python formula evaluated the same way by both backends, with
+    no copy inside a compiled Keras graph and no dependence on step counts (which differ under
+    data-parallel sharding or skipped fp16 steps); at 10-100 epochs a step changes the rate by
+    a few per cent at most.
+
+    - constant: `learning_rate` every epoch.
+    - cosine: a linear warm-up over W = min(warmup_epochs, epochs - 1) epochs
+      (lr * (e + 1) / (W + 1)), then cosine decay over the n = epochs - W remaining ones,
+      lr * (1 + cos(pi * k / n)) / 2 for k = e - W: full rate at the first of them, reaching 0
+      at the end of the last epoch (the last epoch itself trains at a small positive rate).
+    - onecycle (Smith & Topin 2019, without momentum cycling): a cosine rise from
+      lr / ONECYCLE_START to lr over W epochs (warmup_epochs, or ONECYCLE_RISE of the epochs
+      when 0), then cosine annealing towards lr / ONECYCLE_START / ONECYCLE_END.
+    """
+    base, schedule, epochs = hyper.learning_rate, hyper.lr_schedule, hyper.epochs
+    if schedule == "constant":
+        return float(base)
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {schedule!r}")
+    rise = hyper.warmup_epochs
+    if schedule == "onecycle" and rise == 0:
+        rise = max(1, round(ONECYCLE_RISE * epochs))
+    rise = min(rise, epochs - 1)
+    if schedule == "cosine":
+        if epoch < rise:
+            return float(base * (epoch + 1) / (rise + 1))
+        return float(base * 0.5 * (1 + math.cos(math.pi * (epoch - rise) / (epochs - rise))))
+    start = base / ONECYCLE_START
+    if epoch < rise:
+        return float(start + (base - start) * 0.5 * (1 - math.cos(math.pi * epoch / rise)))
+    end = start / ONECYCLE_END
+    return float(end + (base - end) * 0.5 * (1 + math.cos(math.pi * (epoch - rise) / (epochs - rise))))
 
 
 def block_rates(run, steps: int, batch_images: int, warmup: int = 3, blocks: int = 1) -> list[float]:
@@ -111,6 +156,7 @@ class EpochRecord:
     val_accuracy: float
     epoch_time_s: float
     train_images_per_s: float
+    learning_rate: float | None = None  # what the backend's optimiser held this epoch
 
 
 @dataclass
@@ -136,9 +182,13 @@ class EpochReporter:
     best_epoch: int = -1
     _since_best: int = 0
     _t0: float | None = None
+    _lr: float | None = None
 
-    def start_epoch(self) -> None:
+    def start_epoch(self, learning_rate: float | None = None) -> None:
+        """An epoch starts; `learning_rate`: the rate the backend's optimiser holds for it, read
+        back from the optimiser (logged as the epoch's `learning_rate` metric)."""
         self._t0 = time.perf_counter()
+        self._lr = None if learning_rate is None else float(learning_rate)
         if self.progress is not None:
             self.progress.start(len(self.history))
 
@@ -164,10 +214,10 @@ class EpochReporter:
         val_loss = metrics.cross_entropy(self.val_labels, val_proba)
         val_acc = metrics.accuracy(self.val_labels, val_proba)
         rec = EpochRecord(epoch, float(train_loss), float(train_accuracy), val_loss, val_acc,
-                          float(epoch_time_s), n_train_images / max(epoch_time_s, 1e-9))
+                          float(epoch_time_s), n_train_images / max(epoch_time_s, 1e-9), self._lr)
         self.history.append(rec)
         if self.log is not None:
-            self.log({k: v for k, v in rec.__dict__.items() if k != "epoch"}, epoch)
+            self.log({k: v for k, v in rec.__dict__.items() if k != "epoch" and v is not None}, epoch)
         if not math.isfinite(rec.train_loss):
             raise GalmorphError(
                 f"training diverged (loss {rec.train_loss}) in epoch {epoch}; lower the learning rate"
@@ -182,7 +232,7 @@ class EpochReporter:
             if value is None:
                 raise GalmorphError(
                     f"cannot prune on {self.prune_metric!r}: the reporter records "
-                    f"{', '.join(k for k in rec.__dict__ if k != 'epoch')}"
+                    f"{', '.join(k for k in rec.__dict__ if k not in ('epoch', 'learning_rate'))}"
                 )
             self.trial.report(value, epoch)
             if self.trial.should_prune():

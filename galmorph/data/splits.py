@@ -100,6 +100,38 @@ def stratified(labels: np.ndarray, *, val_fraction: float = 0.15, test_fraction:
     return Split(out["train"], out["val"], out["test"], seed, val_fraction, test_fraction)
 
 
+def kfold(split: Split, labels: np.ndarray, k: int, *, seed: int = 0, groups: np.ndarray | None = None,
+          class_names=None) -> list[Split]:
+    """K cross-validation folds of the part of `split` that is not test (train + val): fold i
+    validates on one K-th of those galaxies and trains on the rest; the test split is the
+    same in every fold, untouched. Stratified by class and by galaxy (as `stratified`): each
+    class's galaxies are shuffled with `seed` and dealt round-robin to the folds, so every
+    fold holds each class in proportion. A class with fewer than K galaxies outside the test
+    split would leave some fold without it: an error naming the class."""
+    labels = np.asarray(labels)
+    if k < 2:
+        raise GalmorphError(f"cross-validation needs at least 2 folds, got {k}")
+    pool = np.sort(np.concatenate([split.train, split.val]))
+    group_of = np.arange(labels.size) if groups is None else np.unique(groups, return_inverse=True)[1]
+    ids = np.unique(group_of[pool])  # the galaxies outside the test split
+    first = {g: i for i, g in reversed(list(enumerate(group_of[pool])))}
+    id_label = np.array([labels[pool[first[g]]] for g in ids])
+    rng = np.random.default_rng(seed)
+    fold_of_id = np.empty(ids.size, dtype=np.int64)
+    dealt = 0  # each class continues the deal where the previous one stopped: even fold sizes
+    for cls in np.unique(id_label):
+        members = np.flatnonzero(id_label == cls)
+        if members.size < k:
+            name = class_names[cls] if class_names is not None else str(cls)
+            raise GalmorphError(f"class {name} has {members.size} galaxy(ies) outside the test split, fewer than "
+                                f"the {k} cross-validation folds; use fewer folds or more images")
+        fold_of_id[members[rng.permutation(members.size)]] = (dealt + np.arange(members.size)) % k
+        dealt += members.size
+    fold_of_pos = fold_of_id[np.searchsorted(ids, group_of[pool])]
+    return [Split(pool[fold_of_pos != i], pool[fold_of_pos == i], split.test, seed, split.val_fraction,
+                  split.test_fraction) for i in range(k)]
+
+
 def stratified_subset(labels: np.ndarray, max_images: int, seed: int = 0) -> np.ndarray:
     """Sorted positions of a class-proportional subset of at most `max_images` images.
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galmorph import backends, tracking
+from galmorph import backends, presets, tracking
 from galmorph.config import TrainConfig
 from galmorph.core import calibration, metrics, progress, specs, system, training
 from galmorph.data import augment, registry
@@ -38,11 +38,11 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
     launched = _data_parallel(config)
     if launched is not None:
         return launched
-    problem = tracking.validated(lambda: check_data_settings(config.validate()))
+    problem = tracking.validated(lambda: (presets.check_name(config.preset), check_data_settings(config.validate())))
     tracking.configure(config.experiment)
     import mlflow  # after the settings are checked: importing it takes seconds
     run_tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset,
-                "scheme": config.scheme, **(extra_tags or {})}
+                "scheme": config.scheme, "preset": config.preset, **(extra_tags or {})}
     name = config.run_name or tags.run_name(config.model, config.backend, config.dataset)
     # no system-metrics thread for a run that only records a settings error
     with tracking.run(name, nested=nested, tags=run_tags, system_metrics=not nested and problem is None) as active:
@@ -56,7 +56,9 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
 
 
 def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefix="") -> dict:
-    tracking.log_params({**config.to_dict(), **{f"version_{k}": v for k, v in system.library_versions().items()}})
+    # the resolved values (preset and flags merged), the preset's name, and where they leave it
+    tracking.log_params({**config.to_dict(), "preset_overrides": ",".join(presets.overrides(config)) or "-",
+                         **{f"version_{k}": v for k, v in system.library_versions().items()}})
     if config.register_as:  # a store without a registry: before the training, not after
         model_registry.check_store()
     source = finetune.resolve(config.init_from) if config.init_from else None  # an unknown model: before the data

@@ -86,11 +86,11 @@ def arm(point: str, sig: int, backend: str):
         return _patch(augment, "eval_batches", validation)
     if point == "finalizer":  # inside a finalizer run by the main thread, as the second epoch starts
         def start_epoch(f):
-            def wrapper(self):
+            def wrapper(self, *args, **kwargs):
                 if self.history:
                     obj = _SendsInItsFinalizer(sig)
                     del obj
-                return f(self)
+                return f(self, *args, **kwargs)
             return wrapper
         return _patch(training.EpochReporter, "start_epoch", start_epoch)
     if point == "sqlite":  # just after MLflow's SQLite INSERT of the first epoch's metrics ran

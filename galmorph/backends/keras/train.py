@@ -69,9 +69,10 @@ class _Reporter(keras.callbacks.Callback):
     # ready, instead of waiting for every step in the training loop (reporter.batch_done is thread-safe)
     async_safe = True
 
-    def __init__(self, reporter: training.EpochReporter, val_batches, stream, eval_batch: int):
+    def __init__(self, reporter: training.EpochReporter, val_batches, stream, hyper: training.Hyper):
         super().__init__()
         self.reporter = reporter
+        self.hyper = hyper
         self.stream = stream
         self.n_train_images = stream.images_per_epoch
         self.val_batches = val_batches
@@ -79,7 +80,10 @@ class _Reporter(keras.callbacks.Callback):
         self.error = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.reporter.start_epoch()
+        # the epoch's rate (training.lr_at), read by the compiled step from the optimiser's
+        # variable; Keras's decoupled weight decay uses the same variable
+        self.model.optimizer.learning_rate = training.lr_at(epoch, self.hyper)
+        self.reporter.start_epoch(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
 
     def on_train_batch_end(self, batch, logs=None):
         # batch i of an epoch holds batch_size images, the last one the rest
@@ -119,7 +123,7 @@ def fit(model, stream, val_batches, hyper: training.Hyper, reporter: training.Ep
     """
     s = settings(hyper)
     _compile(model, hyper, s)
-    callback = _Reporter(reporter, val_batches, stream, hyper.eval_batch_size)
+    callback = _Reporter(reporter, val_batches, stream, hyper)
     class_weight = dict(enumerate(hyper.class_weight)) if hyper.class_weight else None
     with model.distribute_strategy.scope():
         model.fit(dataset(stream, model.output_shape[-1], hyper.epochs, s), epochs=hyper.epochs,

@@ -62,12 +62,21 @@ class _Trainer:
         self.net = torch.compile(net) if s.compile else net
         self.opt = _optimizer(self.model, hyper)
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # no decay of frozen layers
-        self.decay = 1 - hyper.learning_rate * hyper.weight_decay if hyper.weight_decay else None
+        self.hyper = hyper
+        self.set_epoch(0)
         self.weight = torch.tensor(hyper.class_weight, dtype=torch.float32, device=dev) if hyper.class_weight else None
         # reduction="none" + mean over the batch: Keras's class_weight semantics (sum(w*l) / N),
         # not torch's weighted mean (sum(w*l) / sum(w)).
         self.loss_fn = nn.CrossEntropyLoss(reduction="none", label_smoothing=hyper.label_smoothing)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=s.loss_scaling)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the learning rate of `epoch` (training.lr_at) for the optimiser and for the
+        decoupled weight decay (lr * weight_decay per step, as Keras applies it)."""
+        lr = training.lr_at(epoch, self.hyper)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.decay = 1 - lr * self.hyper.weight_decay if self.hyper.weight_decay else None
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step; returns (mean loss, correct predictions) as device tensors."""
@@ -132,7 +141,8 @@ def fit(model: nn.Module, stream, val_batches, hyper: training.Hyper, reporter: 
         stream = pipeline.Shard(stream, rank, world)
     best_state = None
     for epoch in range(hyper.epochs):
-        reporter.start_epoch()
+        trainer.set_epoch(epoch)
+        reporter.start_epoch(trainer.opt.param_groups[0]["lr"])
         model.train()
         sums = torch.zeros(2, device=dev, dtype=torch.float64)  # loss sum, correct: no sync per step
         seen = 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from galmorph import presets
 from galmorph.config import TrainConfig, build, check_choices, nested, option, option_of
 from galmorph.core.errors import GalmorphError
 from galmorph.tracking.tags import run_name
@@ -17,6 +18,8 @@ DEFAULT_STORAGE = "sqlite:///optuna.db"
 OBJECTIVE = "best_val_accuracy"  # what train.run returns and the study maximises
 MONITOR = "val_accuracy"  # what the reporter reports to the trial each epoch
 DIVERGED = "training diverged"  # how training.EpochReporter words a NaN/inf loss
+BASELINE = "galmorph_baseline"  # user attr (and run tag) of trial 0, the base configuration itself
+UNEXPRESSED = "galmorph_unexpressed"  # user attr of trial 0: {param: base value} the space cannot express
 # TrainConfig fields a search space may set. Everything else defines the data, the split
 # or the bookkeeping, which must stay fixed within a study (the data is loaded once).
 TUNABLE = ("learning_rate", "batch_size", "optimizer", "weight_decay", "label_smoothing", "class_weights",
@@ -43,9 +46,10 @@ class TuneConfig:
     storage: str = option("", f"Optuna storage URL: an SQLite file or a PostgreSQL URL shared by workers (default: {DEFAULT_STORAGE}, apart from mlflow.db); give a password via PGPASSWORD or ~/.pgpass rather than in the URL")
     sampler: str = option("tpe", "sampler: tpe (default), random, or cmaes (CMA-ES on the numeric parameters, the rest sampled independently)", SAMPLERS)
     sampler_seed: int = option(-1, "seed of the sampler, combined with the number of trials already in the study so that a resumed study draws new points (-1: also mixed with the process id, so that workers started together differ)")
-    pruner: str = option("median", "pruner, asked once per epoch with the validation accuracy: median, hyperband or none", PRUNERS)
+    cv_folds: int = option(0, "objective over K cross-validation folds of the non-test galaxies: the mean of the folds' best validation accuracies (their std logged per trial), pruned on the running mean after each fold (0 = the one validation split)")
+    pruner: str = option("median", "pruner, asked once per epoch with the validation accuracy (with cv_folds: once per fold, with the running mean over the folds so far): median, hyperband or none", PRUNERS)
     n_startup_trials: int = option(5, "median pruner: trials that finish unpruned before pruning starts")
-    n_warmup_steps: int = option(1, "median pruner: epochs of each trial that are never pruned")
+    n_warmup_steps: int = option(1, "median pruner: epochs (folds, with cv_folds) of each trial that are never pruned")
     search_space: str = option("", "search space YAML (default: experiments/search_spaces/<model>.yaml)")
     heartbeat_interval: int = option(60, "seconds between a running trial's heartbeats in the storage (0 = no heartbeats, no retries)")
     grace_period: int = option(0, "seconds without a heartbeat after which a trial counts as dead, is failed and retried (0 = 2 x heartbeat_interval)")
@@ -71,6 +75,8 @@ class TuneConfig:
 
     def validate(self) -> "TuneConfig":
         check_choices(self)
+        if self.cv_folds == 1 or self.cv_folds < 0:
+            raise GalmorphError(f"cv_folds must be 0 (no cross-validation) or at least 2, got {self.cv_folds}")
         for name in ("n_trials", "n_startup_trials", "n_warmup_steps", "heartbeat_interval", "grace_period", "max_retry"):
             if getattr(self, name) < 0:
                 raise GalmorphError(f"{name} must be 0 or more, got {getattr(self, name)}")
@@ -83,6 +89,7 @@ class TuneConfig:
         if self.grace_period and self.grace_period <= self.heartbeat_interval:
             raise GalmorphError(f"grace_period ({self.grace_period} s) must exceed heartbeat_interval "
                                 f"({self.heartbeat_interval} s), or a live trial would be failed")
+        presets.check_name(self.base.preset)
         check_data_settings(self.train_config().validate())
         return self
 

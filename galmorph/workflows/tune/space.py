@@ -193,12 +193,70 @@ def _check_fields_set_once(where, params: list[Param]) -> None:
             seen |= values
 
 
-def sample(trial, space: SearchSpace) -> dict:
-    """Suggest every applicable parameter of `space`; return TrainConfig overrides {field: value}."""
+def baseline(space: SearchSpace, base: TrainConfig) -> tuple[dict, dict]:
+    """The parameter values of `space` that make trial `base` itself (a study's trial 0):
+    (params for study.enqueue_trial, unexpressed). A field's sentinel takes its meaning
+    (dropout -1 and dense_units 0: the architecture's; batchnorm default: its option).
+    `unexpressed`: the applicable parameters whose base value lies outside their range or
+    choices (e.g. batch 400 against choices up to 256); trial 0 does not suggest those and
+    keeps the base value (`sample(..., fixed=unexpressed)`), so that it is exactly `base`."""
+    params: dict = {}
+    unexpressed: dict = {}
     chosen: dict = {}
-    overrides: dict = {}
+    meaning = _architecture_values(base)
     for p in space.params:
         if any(parent not in chosen or chosen[parent] not in allowed for parent, allowed in p.when):
+            continue
+        value = meaning.get(p.field, getattr(base, p.field))
+        chosen[p.name] = value
+        (params if _contains(p, value) else unexpressed)[p.name] = value
+    return params, unexpressed
+
+
+def _architecture_values(base: TrainConfig) -> dict:
+    """What base's sentinel settings stand for in its network's spec (only where unambiguous)."""
+    from galmorph.core import specs
+
+    spec = specs.resolve(base.model, (128, 128, 1), 2, **base.arch_kwargs())
+    out = {}
+    rates = {layer.rate for layer in spec.layers if layer.type == "dropout"}
+    units = {layer.units for layer in spec.layers if layer.type == "dense"}
+    if base.dropout < 0 and len(rates) == 1:
+        out["dropout"] = rates.pop()
+    if base.dense_units == 0 and len(units) == 1:
+        out["dense_units"] = units.pop()
+    if base.batchnorm == "default" and "batchnorm" in spec.options:
+        out["batchnorm"] = str(bool(spec.options["batchnorm"])).lower()
+    return out
+
+
+def _contains(p: Param, value) -> bool:
+    if p.kind == "categorical":
+        return any(c == value and (type(c) is type(value) or _number(c) and _number(value)) for c in p.choices)
+    if not _number(value) or not p.low <= value <= p.high:
+        return False
+    if p.kind == "int" and value != int(value):
+        return False
+    step = p.step or (1 if p.kind == "int" else None)
+    return step is None or abs((value - p.low) / step - round((value - p.low) / step)) < 1e-9
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def sample(trial, space: SearchSpace, fixed: dict | None = None) -> dict:
+    """Suggest every applicable parameter of `space`; return TrainConfig overrides {field: value}.
+    `fixed` ({param name: value}, see `baseline`): not suggested and not overridden, but taken
+    as chosen for the `when` of later parameters."""
+    chosen: dict = {}
+    overrides: dict = {}
+    fixed = fixed or {}
+    for p in space.params:
+        if any(parent not in chosen or chosen[parent] not in allowed for parent, allowed in p.when):
+            continue
+        if p.name in fixed:
+            chosen[p.name] = fixed[p.name]
             continue
         if p.kind == "categorical":
             value = trial.suggest_categorical(p.name, list(p.choices))

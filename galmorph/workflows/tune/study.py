@@ -15,9 +15,9 @@ from galmorph.core.errors import GalmorphError
 from galmorph.tracking import redact
 from galmorph.tracking.tags import ROLE, WORKER_HOST, WORKER_PID
 from galmorph.workflows import prepare
-from galmorph.workflows.tune.config import IDENTITY, TuneConfig
+from galmorph.workflows.tune.config import BASELINE, IDENTITY, UNEXPRESSED, TuneConfig
 from galmorph.workflows.tune.objective import TrialFailed, make_objective
-from galmorph.workflows.tune.space import SearchSpace, load_space
+from galmorph.workflows.tune.space import SearchSpace, baseline, load_space
 from galmorph.workflows.tune.storage import WorkerHeartbeat, open_storage, quiet_optuna
 from galmorph.workflows.tune.summary import log_study, print_summary, summarize
 
@@ -42,12 +42,13 @@ def make_sampler(config: TuneConfig, space: SearchSpace, seed: int):
 
 
 def make_pruner(config: TuneConfig):
-    """The pruner config names; its steps are epochs (hyperband's budget is base.epochs)."""
+    """The pruner config names; its steps are epochs, or folds with cv_folds (hyperband's budget)."""
     optuna = quiet_optuna()
     if config.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=config.n_startup_trials, n_warmup_steps=config.n_warmup_steps)
     if config.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.base.epochs, reduction_factor=3)
+        steps = config.cv_folds or config.base.epochs  # a step is a fold under cross-validation
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=steps, reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 
@@ -77,10 +78,13 @@ def tune(config: TuneConfig, *, pruner=None, sampler=None) -> dict:
         prepared = prepare.prepare(base)  # once, for every trial of this invocation
         identity = {**{k: getattr(base, k) for k in IDENTITY if k != "dataset_digest"},
                     "dataset_digest": prepared.data.digest()}
+        if config.cv_folds:  # another objective; absent without CV, so studies made before it still resume
+            identity["cv_folds"] = config.cv_folds
         study = _open_study(study_name, storage, identity, pruner or make_pruner(config), base, space)
         parent_id = parent.info.run_id
         with _worker_heartbeat(config, study, storage, parent_id):
-            n_before = len(study.trials)
+            # trials run or running before this invocation (not a waiting trial 0 it is about to run)
+            n_before = sum(1 for t in study.get_trials(deepcopy=False) if t.state.name != "WAITING")
             seed = _sampler_seed(config, n_before)
             study.sampler = sampler or make_sampler(config, space, seed)
             mlflow.set_tags({"optuna_trials_before": str(n_before), "optuna_sampler_seed": str(seed),
@@ -88,7 +92,7 @@ def tune(config: TuneConfig, *, pruner=None, sampler=None) -> dict:
             print(f"study {study_name} in {redact(storage_url)}: {n_before} trials so far; "
                   f"{config.n_trials or 'unlimited'} more, {config.sampler} sampler, {config.pruner} pruner",
                   file=sys.stderr)
-            objective = make_objective(base, space, prepared, study_name, parent_id)
+            objective = make_objective(base, space, prepared, study_name, parent_id, config.cv_folds)
             study.optimize(objective, n_trials=config.n_trials or None, timeout=config.timeout or None,
                            catch=(TrialFailed,), callbacks=[_progress(parent_id)], gc_after_trial=True)
             summary = summarize(study, n_before, parent_id)
@@ -118,11 +122,21 @@ def _open_study(study_name: str, storage, identity: dict, pruner, base: TrainCon
         study.set_user_attr("galmorph_identity", identity)
         study.set_user_attr("galmorph_base_config", base.to_dict())
         study.set_user_attr("search_space", space.text)
+        _enqueue_baseline(study, base, space)
     elif known != identity:
         diff = ", ".join(f"{k}: {known.get(k)!r} -> {v!r}" for k, v in identity.items() if known.get(k) != v)
         raise GalmorphError(f"study {study_name!r} was run with other settings ({diff}); "
                             "use another --study-name or the study's settings")
     return study
+
+
+def _enqueue_baseline(study, base: TrainConfig, space: SearchSpace) -> None:
+    """Trial 0 of a new study: `base` itself (what `galmorph train` does with the same flags),
+    so that the study's reference lives inside it. Its parameters that the space cannot
+    express (space.baseline) are not suggested; the trial keeps base's values for them."""
+    params, unexpressed = baseline(space, base)
+    # skip_if_exists: two workers that create the study at once enqueue it once
+    study.enqueue_trial(params, user_attrs={BASELINE: True, UNEXPRESSED: unexpressed}, skip_if_exists=True)
 
 
 def _sampler_seed(config: TuneConfig, n_before: int) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from galmorph import tracking
 from galmorph.tracking import figures as plots
-from galmorph.workflows.tune.config import OBJECTIVE
+from galmorph.workflows.tune.config import BASELINE, OBJECTIVE
 from galmorph.workflows.tune.space import SearchSpace
 
 
@@ -54,7 +54,45 @@ def summarize(study, n_before: int = 0, study_run_id: str = "") -> dict:
         out.update(best_value=best.value, best_trial=best.number, best_params=dict(best.params),
                    best_run_id=best.user_attrs.get("mlflow_run_id") or None,
                    best_config=dict(best.user_attrs.get("config_overrides", {})))
+    out.update(against_baseline(trials, out["best_trial"]))
     return out
+
+
+def against_baseline(trials, best_number: int | None) -> dict:
+    """Does the best trial beat trial 0 (the base configuration, user attr BASELINE) by more
+    than its spread? The spread is the std of the best trial's per-fold values (--cv-folds),
+    not std / sqrt(K): the best of N trials was selected on these same folds, and the
+    optimism of a maximum over N noisy means is about sqrt(2 ln N) standard errors (2.4 to
+    2.6 for 20-30 trials), i.e. about the std itself at K = 5-7 folds. A margin beyond the std
+    is one that selection noise alone seldom makes. Without folds there is no spread, and the
+    answer (beats_baseline) is None."""
+    from optuna.trial import TrialState
+
+    out = {"baseline_trial": None, "baseline_value": None, "baseline_std": None, "best_std": None,
+           "best_minus_baseline": None, "beats_baseline": None}
+    base = next((t for t in trials if t.user_attrs.get(BASELINE)), None)
+    best = next((t for t in trials if t.number == best_number), None)
+    if base is None:
+        return {**out, "baseline_verdict": "no trial 0 of the base configuration (a study made before galmorph "
+                                           "enqueued one)"}
+    out.update(baseline_trial=base.number, baseline_std=base.user_attrs.get("cv_std"))
+    if base.state != TrialState.COMPLETE or best is None:
+        return {**out, "baseline_verdict": f"trial {base.number} (the base configuration) is {base.state.name.lower()}; "
+                                           "nothing to compare with yet"}
+    margin, std = best.value - base.value, best.user_attrs.get("cv_std")
+    out.update(baseline_value=base.value, best_std=std, best_minus_baseline=margin)
+    if best.number == base.number:
+        verdict = f"trial {base.number}, the base configuration, is the best: no trial beat it"
+        out["beats_baseline"] = False
+    elif std is None:
+        verdict = (f"best trial {best.number} is {margin:+.4f} above trial {base.number} (the base configuration); "
+                   "no spread without --cv-folds, so whether that is more than noise is unknown")
+    else:
+        out["beats_baseline"] = bool(margin > std)
+        verdict = (f"best trial {best.number} {'beats' if margin > std else 'does not beat'} trial {base.number} "
+                   f"(the base configuration) by more than its spread: {margin:+.4f} against a std of {std:.4f} "
+                   "across folds")
+    return {**out, "baseline_verdict": verdict}
 
 
 def log_study(study, summary: dict, space: SearchSpace) -> None:
@@ -65,8 +103,10 @@ def log_study(study, summary: dict, space: SearchSpace) -> None:
     import yaml
 
     numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-               and v is not None and math.isfinite(float(v)) and k != "best_trial"}
+               and v is not None and math.isfinite(float(v)) and k not in ("best_trial", "baseline_trial")}
     mlflow.log_metrics({k: float(v) for k, v in numbers.items()})
+    mlflow.set_tags({"beats_baseline": str(summary.get("beats_baseline")).lower(),
+                     "baseline_verdict": summary.get("baseline_verdict", "")[:4000]})
     if summary["best_trial"] is not None:
         mlflow.set_tags({"best_trial_number": str(summary["best_trial"]), "best_run_id": summary["best_run_id"] or ""})
         tracking.log_params({f"best_{k}": v for k, v in summary["best_params"].items()})
@@ -78,6 +118,9 @@ def log_study(study, summary: dict, space: SearchSpace) -> None:
         (out / "study_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         if summary["best_config"]:
             (out / "best_config.yaml").write_text(yaml.safe_dump(summary["best_config"], sort_keys=False))
+        elif summary["best_trial"] is not None:  # no overrides: the best is the base configuration (trial 0)
+            (out / "best_config.yaml").write_text("{}  # the base configuration itself (study user attr "
+                                                  "galmorph_base_config)\n")
         with contextlib.suppress(Exception):
             frame = study.trials_dataframe(attrs=("number", "value", "state", "duration", "params", "user_attrs"))
             frame.to_csv(out / "trials.csv", index=False)
@@ -117,3 +160,5 @@ def print_summary(s: dict) -> None:
     print(f"study {s['study_name']}: {s['n_trials']} trials ({s['n_complete']} complete, {s['n_pruned']} pruned, "
           f"{s['n_failed']} failed); {best}; epochs run {s['epochs_run']} of {s['epochs_budget']} "
           f"({s['epochs_saved_by_pruning']} saved by pruning)")
+    if s.get("baseline_verdict"):
+        print(f"against the base configuration: {s['baseline_verdict']}")
