@@ -67,7 +67,22 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> None:
         help_text = s.help + (" (required)" if s.required else f" (default: {s.default})")
         parser.add_argument(s.flag, dest=s.name, type=_bool if s.type is bool else s.type, default=s.default,
                             required=s.required, choices=s.choices, metavar=None if s.choices else s.name.upper(),
-                            help=help_text)
+                            help=help_text, action=_Given)
+
+
+class _Given(argparse.Action):
+    """Store a flag's value and remember that it was given (`--resume` checks those against
+    the run's settings; the flags not given take the run's values)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        given = getattr(namespace, "_given", None) or set()
+        setattr(namespace, "_given", given | {self.dest})
+
+
+def given_flags(args) -> set[str]:
+    """The config settings whose flags were given on the command line."""
+    return set(getattr(args, "_given", None) or ())
 
 
 def _bool(text):
@@ -83,7 +98,7 @@ def config_from(args, cls):
     """The config of class `cls` that the parsed flags describe."""
     from galmorph.config import build
 
-    return build(cls, vars(args))
+    return build(cls, {k: v for k, v in vars(args).items() if k != "_given"})
 
 
 def cmd_train(args) -> int:
@@ -91,7 +106,7 @@ def cmd_train(args) -> int:
     from galmorph.workflows.train import closing_summary, run
 
     started = []
-    metrics = run(config_from(args, TrainConfig), started=started.append)
+    metrics = run(config_from(args, TrainConfig), started=started.append, given=given_flags(args))
     if started:
         print(closing_summary(started[0], metrics), flush=True)
     else:  # data-parallel: the replicas' launcher did not start the run itself
@@ -208,6 +223,13 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    from galmorph.workflows import runs
+
+    runs.run(config_from(args, runs.RunsConfig))  # prints its table
+    return 0
+
+
 def _command(sub, name: str, cls, func, help: str, description: str, skip=()) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=description, allow_abbrev=False)  # a _Parser, like its parent
     if cls is not None:
@@ -225,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     from galmorph.workflows.hierarchy import HierarchyConfig
     from galmorph.workflows.multiseed import MultiseedConfig
     from galmorph.workflows.report import ReportConfig
+    from galmorph.workflows.runs import RunsConfig
     from galmorph.workflows.tune import RetrainConfig, TuneConfig
 
     # no abbreviated flags: `--epoch 3` must not silently mean `--epochs 3` (or whatever a new flag makes it)
@@ -287,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     _command(sub, "explain", ExplainConfig, cmd_explain, "feature maps and Grad-CAM of a logged run's model, added to that run",
              "Load a finished run's model, config and split, and log feature maps of the first convolutions and "
              "Grad-CAM saliency of a few test galaxies per class under explain/.")
+    _command(sub, "runs", RunsConfig, cmd_runs, "list RUNNING runs whose process is gone; --close-stale ends them KILLED",
+             "List the RUNNING runs (of one experiment, or of all) whose process is gone: on this host, its pid "
+             "no longer exists or belongs to another process; elsewhere, no heartbeat (one per epoch) for "
+             "--stale-after minutes. --close-stale marks them KILLED with the reason; `galmorph train --resume "
+             "RUN_ID` continues one from its checkpoint.")
     return parser
 
 

@@ -162,6 +162,8 @@ class TrainConfig:
     devices: int = option(1, "devices to train on, data-parallel (PyTorch: DistributedDataParallel, one torchrun process per device; Keras: tf.distribute.MirroredStrategy); batch_size is the global batch. On a machine without GPUs, N CPU replicas (for testing)")
     init_from: str = option("", "start from the weights of a logged galmorph model: a run id, runs:/<id>/model, models:/NAME/VERSION or models:/NAME@ALIAS (same backend and network; a different class count needs --freeze conv, which re-initialises the output layer)")
     freeze: str = option("none", "with init_from: none (fine-tune every layer) or conv (train only the dense head; convolutions and batch normalisation keep the source's weights)", FREEZE)
+    resume: str = option("", "continue the KILLED, FAILED or dead RUNNING run with this id from its last checkpoint, in the same MLflow run and with its logged settings (a flag that contradicts them is an error; the flags not given take the run's values)")
+    checkpoints: bool = option(True, "save a checkpoint after every epoch in <cache>/checkpoints/<run id>/ (what --resume continues from); the last one is logged to the run's artifacts (checkpoint/) when the run ends")
     experiment: str = option("galmorph", "MLflow experiment name for runs started outside `mlflow run`", mlproject=False)
     run_name: str = option("", "MLflow run name (default: <model>-<backend>-<dataset>)", mlproject=False)
 

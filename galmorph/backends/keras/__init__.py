@@ -23,8 +23,16 @@ if _LEVEL >= 2:  # TensorFlow's and Keras's Python-side absl messages alike
 
 from galmorph.backends.keras.device import finish, launch, replica, resolved, setup  # noqa: E402
 from galmorph.backends.keras.model import build, count_params, load_weights  # noqa: E402
-from galmorph.backends.keras.train import device_stats, fit, log_model, predict_proba, step_rate  # noqa: E402
+from galmorph.backends.keras.train import (  # noqa: E402
+    device_stats,
+    fit,
+    log_model,
+    predict_proba,
+    restore_state,
+    save_state,
+    step_rate,
+)
 
 NAME = "keras"
 __all__ = ["NAME", "build", "count_params", "device_stats", "finish", "fit", "launch", "load_weights", "log_model",
-           "predict_proba", "replica", "resolved", "setup", "step_rate"]
+           "predict_proba", "replica", "resolved", "restore_state", "save_state", "setup", "step_rate"]
