@@ -2,9 +2,18 @@
 credentials masked wherever text is logged or printed (secrets); the tracking store checked
 before the first MLflow call (store)."""
 
-from galmorph.tracking.runs import artifact_dir, check_experiment, configure, log_params, require_finite, run, validated
+from galmorph.tracking.runs import (
+    artifact_dir,
+    check_experiment,
+    configure,
+    log_params,
+    no_download_bar,
+    require_finite,
+    run,
+    validated,
+)
 from galmorph.tracking.secrets import redact
 from galmorph.tracking.store import check_store, store_problem
 
-__all__ = ["artifact_dir", "check_experiment", "check_store", "configure", "log_params", "redact", "require_finite",
+__all__ = ["artifact_dir", "check_experiment", "check_store", "configure", "log_params", "no_download_bar", "redact", "require_finite",
            "run", "store_problem", "validated"]

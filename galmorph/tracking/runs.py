@@ -192,6 +192,22 @@ def artifact_dir():
             mlflow.log_artifacts(tmp)
 
 
+@contextlib.contextmanager
+def no_download_bar():
+    """No MLflow progress bar while the block downloads artifacts (a run's few files would
+    otherwise put a bar among the run's console lines)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    was = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if was is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = was
+
+
 def require_finite(name: str, value: float) -> float:
     import math
 

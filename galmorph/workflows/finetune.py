@@ -10,7 +10,6 @@ which trains a new, re-initialised output layer on the source's features.
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from dataclasses import dataclass, fields
@@ -25,7 +24,6 @@ INIT_FROM = "init_from"  # tag: the model URI the weights came from
 INIT_FROM_RUN = "init_from_run"  # tag: the run that logged it
 INIT_OUTPUT = "init_output"  # tag: loaded, or reinitialised (another class count)
 BUSY = "TEMPORARILY_UNAVAILABLE"  # a store that failed to answer: not "no such model"
-PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 @dataclass(frozen=True)
@@ -94,20 +92,13 @@ def _logged_config(client, run_id: str, ref: str) -> dict:
     import mlflow
     import yaml
 
-    bar = os.environ.get(PROGRESS_BAR)
-    os.environ[PROGRESS_BAR] = "false"  # a one-file download: no progress bar among the run's console lines
     try:
-        with tempfile.TemporaryDirectory(prefix="galmorph-init-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="galmorph-init-") as tmp, tracking.no_download_bar():
             path = client.download_artifacts(run_id, "config.yaml", tmp)
             return yaml.safe_load(Path(path).read_text())
     except (mlflow.exceptions.MlflowException, OSError):
         raise GalmorphError(f"--init-from {ref}: run {run_id} has no config.yaml; it is not a finished "
                             "galmorph training run") from None
-    finally:
-        if bar is None:
-            os.environ.pop(PROGRESS_BAR, None)
-        else:
-            os.environ[PROGRESS_BAR] = bar
 
 
 def source_spec(cfg: dict) -> specs.NetworkSpec:

@@ -144,8 +144,9 @@ def _download(client, run_id: str, local: Path) -> Path | None:
         return None
     local.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=local) as tmp:
-        got = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=checkpoints.ARTIFACT_PATH,
-                                                       dst_path=tmp))
+        with tracking.no_download_bar():
+            got = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=checkpoints.ARTIFACT_PATH,
+                                                           dst_path=tmp))
         try:
             epoch = int(json.loads((got / "manifest.json").read_text())["epoch"])
         except (OSError, ValueError, KeyError) as exc:
