@@ -65,9 +65,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> None:
         if s.name in skip:
             continue
         help_text = s.help + (" (required)" if s.required else f" (default: {s.default})")
+        # a yes/no flag alone means yes (`--close-stale`); `--quiet true` as MLproject passes it works too
+        switch = {"nargs": "?", "const": True} if s.type is bool else {}
         parser.add_argument(s.flag, dest=s.name, type=_bool if s.type is bool else s.type, default=s.default,
                             required=s.required, choices=s.choices, metavar=None if s.choices else s.name.upper(),
-                            help=help_text, action=_Given)
+                            help=help_text, action=_Given, **switch)
 
 
 class _Given(argparse.Action):

@@ -42,6 +42,7 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
     resumed = None
     if config.resume:
         config, resumed, _ = resume.resolve(config, resume.given_settings(config, given))
+        _hand_over_launcher_run(resumed.run_id)  # before configure, which reads MLFLOW_RUN_ID
     launched = _data_parallel(config)
     if launched is not None:
         return launched
@@ -52,7 +53,7 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
                 "scheme": config.scheme, **liveness.process_tags(), **(extra_tags or {})}
     if resumed is not None:
         run_tags[tags.RESUMED_AT] = str(resumed.next_epoch(config.epochs))
-        _hand_over_launcher_run(resumed.run_id)
+        run_tags.update(_clear_failure(mlflow, resumed.run_id))
     name = config.run_name or tags.run_name(config.model, config.backend, config.dataset)
     # no system-metrics thread for a run that only records a settings error
     with tracking.run(name, nested=nested, tags=run_tags, system_metrics=not nested and problem is None,
@@ -70,6 +71,16 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
             raise
         _log_checkpoint(active.info.run_id, finished=True)
         return final
+
+
+def _clear_failure(mlflow, run_id: str) -> dict:
+    """A resumed run is no longer failed: its failure_reason moves to the resumed_after tag."""
+    client = mlflow.MlflowClient()
+    reason = client.get_run(run_id).data.tags.get(tags.FAILURE_REASON)
+    if reason is None:
+        return {}
+    client.delete_tag(run_id, tags.FAILURE_REASON)
+    return {tags.RESUMED_AFTER: reason}
 
 
 def _hand_over_launcher_run(run_id: str) -> None:

@@ -124,6 +124,11 @@ CASES = [
     ("schemes-missing", TRAIN + ["--schemes-file", "/nonexistent/s.yaml"], {}, "s.yaml does not exist"),
     ("schemes-list", TRAIN + ["--dataset", "{good}", "--schemes-file", "{schemeslist}"], {}, "schemes_list.yaml"),
     ("schemes-entry", TRAIN + ["--dataset", "{good}", "--schemes-file", "{schemesentry}"], {}, "schemes_entry.yaml"),
+    ("resume-unknown-run", ["train", "--resume", "0123456789abcdef0123456789abcdef"], {}, "no MLflow run"),
+    ("resume-and-init-from", ["train", "--resume", "0123456789abcdef0123456789abcdef", "--init-from", "abc"], {},
+     "pass one of them"),
+    ("runs-stale-after-0", ["runs", "--stale-after", "0"], {}, "stale_after must be a positive"),
+    ("runs-unknown-experiment", ["runs", "--experiment", "nope"], {}, "no experiment 'nope'"),
     ("tune-sampler", ["tune", "--sampler", "grid"], {}, "invalid choice: 'grid'"),
     ("tune-no-trials", ["tune", "--n-trials", "0"], {}, "give a timeout"),
     ("tune-grace", ["tune", "--grace-period", "5", "--heartbeat-interval", "10"], {}, "must exceed heartbeat_interval"),
@@ -179,7 +184,7 @@ def outcomes(tmp_path_factory):
 def test_the_table_covers_every_command():
     assert len(CASES) >= 40
     commands = {c[1][0] if c[1][0] != "data" else f"data {c[1][1]}" for c in CASES}
-    assert {"train", "tune", "retrain", "multiseed", "hierarchy", "explain", "report", "data info",
+    assert {"train", "tune", "retrain", "multiseed", "hierarchy", "explain", "report", "runs", "data info",
             "data prepare"} <= commands
 
 

@@ -79,6 +79,9 @@ def test_a_run_killed_after_epoch_2_resumes_to_the_uninterrupted_result(backend,
 
     _refusals_leave_the_run_alone(client, run_id, folder, tmp_path, tracking_uri)
 
+    # --close-stale ends it KILLED with the reason (the uninterrupted run, alive, is left alone)
+    assert runs.run(runs.RunsConfig(experiment="resume", close_stale=True)) == [run_id]
+    assert client.get_run(run_id).info.status == "KILLED"
     out, err = whole.communicate(timeout=300)
     assert whole.returncode == 0, err[-3000:]
     resumed = _galmorph(env, "train", "--resume", run_id)
@@ -91,6 +94,8 @@ def test_a_run_killed_after_epoch_2_resumes_to_the_uninterrupted_result(backend,
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert int(run.data.tags["galmorph.resumed_at_epoch"]) in (2, 3)
+    assert "failure_reason" not in run.data.tags
+    assert run.data.tags["galmorph.resumed_after"].startswith("stale: its process (pid ")
     for key in HISTORIES:
         got = _history(client, run_id, key)
         assert got == _history(client, whole_run.info.run_id, key), key
