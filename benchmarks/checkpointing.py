@@ -135,6 +135,7 @@ def main(argv=None) -> int:
             sys.stderr.write(proc.stderr[-4000:])
             return proc.returncode
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # each backend's figures as soon as they exist
     md = table(rows)
     print(md)
     if args.out:
