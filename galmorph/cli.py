@@ -69,12 +69,28 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> None:
         else:
             help_text = s.help + (" (required)" if s.required else f" (default: {s.default})")
         help_text = help_text.replace("%", "%%")  # argparse formats help with %: "30 %" is text here
-        # a bare boolean flag (`--tta`) means true; `--tta false` (as MLproject passes it) still works
-        extra = {"nargs": "?", "const": True} if s.type is bool else {}
+        # a yes/no flag alone means yes (`--close-stale`); `--quiet true` as MLproject passes it works too
+        switch = {"nargs": "?", "const": True} if s.type is bool else {}
         parser.add_argument(s.flag, dest=s.name, type=_bool if s.type is bool else s.type,
                             default=None if s.presettable else s.default,
                             required=s.required, choices=s.choices, metavar=None if s.choices else s.name.upper(),
-                            help=help_text, **extra)
+                            help=help_text, action=_Given, **switch)
+
+
+class _Given(argparse.Action):
+    """Store a flag's value and remember that it was given (`--resume` checks those against
+    the run's settings; the flags not given take the run's values)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        given = getattr(namespace, "_given", None) or set()
+        setattr(namespace, "_given", given | {self.dest})
+
+
+def given_flags(args) -> set[str]:
+    """The config settings whose flags were given on the command line."""
+    return set(getattr(args, "_given", None) or ())
+
 
 
 def _bool(text):
@@ -91,7 +107,7 @@ def config_from(args, cls):
     presettable flag not given (None) takes the preset's value (galmorph.presets.resolve)."""
     from galmorph import presets
 
-    return presets.resolve(cls, {k: v for k, v in vars(args).items() if v is not None})
+    return presets.resolve(cls, {k: v for k, v in vars(args).items() if v is not None and k != "_given"})
 
 
 def _underscored_flags(argv: list[str]) -> list[str]:
@@ -111,7 +127,7 @@ def cmd_train(args) -> int:
     from galmorph.workflows.train import closing_summary, run
 
     started = []
-    metrics = run(config_from(args, TrainConfig), started=started.append)
+    metrics = run(config_from(args, TrainConfig), started=started.append, given=given_flags(args))
     if started:
         print(closing_summary(started[0], metrics), flush=True)
     else:  # data-parallel: the replicas' launcher did not start the run itself
@@ -238,6 +254,13 @@ def cmd_predict(args) -> int:
     return summary.exit_code
 
 
+def cmd_runs(args) -> int:
+    from galmorph.workflows import runs
+
+    runs.run(config_from(args, runs.RunsConfig))  # prints its table
+    return 0
+
+
 def _command(sub, name: str, cls, func, help: str, description: str, skip=()) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=description, allow_abbrev=False)  # a _Parser, like its parent
     if cls is not None:
@@ -256,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     from galmorph.workflows.multiseed import MultiseedConfig
     from galmorph.workflows.predict import PredictConfig
     from galmorph.workflows.report import ReportConfig
+    from galmorph.workflows.runs import RunsConfig
     from galmorph.workflows.tune import RetrainConfig, TuneConfig
 
     # no abbreviated flags: `--epoch 3` must not silently mean `--epochs 3` (or whatever a new flag makes it)
@@ -327,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
                  skip=("model", "inputs"))
     p.add_argument("model", metavar="MODEL", help=_help_of(PredictConfig, "model"))
     p.add_argument("inputs", metavar="INPUT", nargs="+", help=_help_of(PredictConfig, "inputs"))
+    _command(sub, "runs", RunsConfig, cmd_runs, "list RUNNING runs whose process is gone; --close-stale ends them KILLED",
+             "List the RUNNING runs (of one experiment, or of all) whose process is gone: on this host, its pid "
+             "no longer exists or belongs to another process; elsewhere, no heartbeat (one per epoch) for "
+             "--stale-after minutes. --close-stale marks them KILLED with the reason; `galmorph train --resume "
+             "RUN_ID` continues one from its checkpoint.")
     return parser
 
 

@@ -10,10 +10,12 @@ splits, metrics, early stopping, MLflow bookkeeping) is backend-neutral and live
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from galmorph.core.checkpoints import Checkpointer
 from galmorph.core.specs import NetworkSpec
 from galmorph.core.training import EpochReporter, Hyper
 
@@ -39,10 +41,20 @@ class Backend(Protocol):
         """(trainable, total) parameters, counted as Keras counts them."""
 
     def fit(self, model: Any, stream: Any, val_batches: Callable[[], Iterator[np.ndarray]], hyper: Hyper,
-            reporter: EpochReporter) -> Any:
+            reporter: EpochReporter, checkpoints: Checkpointer | None = None) -> Any:
         """Train on `stream` (galmorph.data.augment.TrainStream), calling reporter.start_epoch,
         reporter.batch_done(n_images) after every training batch and reporter.end_epoch once per
-        epoch; return the model with the best epoch's weights restored."""
+        epoch; return the model with the best epoch's weights restored. With `checkpoints`, call
+        checkpoints.save(epoch, reporter, improved, stop, write_state) after every end_epoch
+        (write_state: save_state to a path), and first continue from `checkpoints.resume` (its
+        best and latest state files, at its next epoch) when there is one."""
+
+    def save_state(self, model: Any, trainer: Any, path: Path) -> None:
+        """Write to the file `path` what continuing fit() needs: `model`'s weights and `trainer`'s
+        state (fit's optimiser, loss scaling) and the framework RNG state that training draws from."""
+
+    def restore_state(self, model: Any, trainer: Any, path: Path) -> None:
+        """Load a save_state file into `model` and `trainer`, and the RNG state it recorded."""
 
     def predict_proba(self, model: Any, batches: Batches) -> np.ndarray:
         """Class probabilities (N, n_classes), float64, of the images in `batches`."""

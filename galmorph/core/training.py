@@ -251,6 +251,19 @@ class EpochReporter:
             self._say(epoch_line(rec.epoch, self.progress.epochs, rec.train_loss, rec.train_accuracy,
                                  rec.val_loss, rec.val_accuracy, self.progress.seconds(), improved))
 
+    def state(self) -> dict:
+        """What a checkpoint keeps of the reporter (JSON-ready): history, best epoch and loss,
+        and the epochs since the best (early stopping's count)."""
+        return {"history": [r.__dict__ for r in self.history], "best_val_loss": self.best_val_loss,
+                "best_epoch": self.best_epoch, "since_best": self._since_best}
+
+    def restore(self, state: dict) -> None:
+        """Continue from `state()` of an earlier process (a resumed run)."""
+        self.history = [EpochRecord(**r) for r in state["history"]]
+        self.best_val_loss = float(state["best_val_loss"])
+        self.best_epoch = int(state["best_epoch"])
+        self._since_best = int(state["since_best"])
+
     def timing(self) -> dict[str, float]:
         """First epoch (warm-up, graph building) apart from the steady-state epochs."""
         if not self.history:

@@ -2,7 +2,15 @@
 credentials masked wherever text is logged or printed (secrets); the tracking store checked
 before the first MLflow call (store)."""
 
-from galmorph.tracking.runs import artifact_dir, check_experiment, configure, log_params, require_finite, run, validated
+from galmorph.tracking.runs import (
+    artifact_dir,
+    check_experiment,
+    configure,
+    log_params,
+    require_finite,
+    run,
+    validated,
+)
 from galmorph.tracking.secrets import redact
 from galmorph.tracking.store import check_store, store_problem
 

@@ -62,8 +62,8 @@ def check_experiment(name) -> None:
 
 @contextlib.contextmanager
 def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None = None,
-        system_metrics: bool = True):
-    """Start (or, under `mlflow run`, continue) a run; end it FAILED or KILLED on errors.
+        system_metrics: bool = True, run_id: str | None = None):
+    """Start (or, under `mlflow run` or with `run_id`, continue) a run; end it FAILED or KILLED on errors.
 
     A GalmorphError or any other exception marks the run FAILED with the reason in the
     `failure_reason` tag; Ctrl-C (KeyboardInterrupt) or SIGTERM marks it KILLED, also when
@@ -76,7 +76,9 @@ def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None 
     parent = mlflow.active_run()
     if nested and parent is not None:  # a child lives in its parent's experiment
         kwargs["experiment_id"] = parent.info.experiment_id
-    if not nested and not os.environ.get("MLFLOW_RUN_ID"):
+    if run_id:  # a resumed run: RUNNING again, under its own name
+        kwargs["run_id"] = run_id
+    elif not nested and not os.environ.get("MLFLOW_RUN_ID"):
         kwargs["run_name"] = run_name or None
     if system_metrics:
         kwargs["log_system_metrics"] = True

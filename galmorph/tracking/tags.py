@@ -15,6 +15,9 @@ FAILURE_REASON = "failure_reason"
 WORKER_HOST = "galmorph.worker_host"  # where a study run's worker runs (a study's workers may be many)
 WORKER_PID = "galmorph.worker_pid"
 MODEL_URI = "model_uri"
+RESUMED_AT = "galmorph.resumed_at_epoch"  # the (0-based) epoch the latest `--resume` continued at
+RESUMED_AFTER = "galmorph.resumed_after"  # the failure_reason a resumed run had before
+RESUMED_RUN = "galmorph.resumed_run"  # on an `mlflow run -P resume=...` launcher run: the run it resumed
 RUN_NAME = "mlflow.runName"
 
 # the tags every training run carries, so runs of both backends group side by side

@@ -13,16 +13,16 @@ import numpy as np
 
 from galmorph import backends, presets, tracking
 from galmorph.config import TrainConfig
-from galmorph.core import calibration, metrics, progress, specs, system, training
+from galmorph.core import calibration, checkpoints, metrics, progress, specs, system, training
 from galmorph.data import augment, registry
-from galmorph.tracking import artifacts, model_registry, tags
+from galmorph.tracking import artifacts, liveness, model_registry, tags
 from galmorph.tracking import figures as plots
-from galmorph.workflows import explain, finetune
+from galmorph.workflows import explain, finetune, resume
 from galmorph.workflows.prepare import Prepared, check_data_settings, hyper_from, prepare, train_stream
 
 
 def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, nested: bool = False,
-        extra_tags: dict | None = None, after_fit=None, started=None) -> dict:
+        extra_tags: dict | None = None, after_fit=None, started=None, given: set[str] | None = None) -> dict:
     """Train, evaluate and log one run; return its final metrics (test_* and timings).
 
     `started(run_id)`, if given, is called as soon as the MLflow run exists (before any
@@ -34,7 +34,15 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
     Under `mlflow run` the run that MLflow created is continued. Settings are checked before
     any MLflow call; bad ones end the run FAILED with the reason in the `failure_reason` tag,
     before any training (or, where the tracking store cannot be used, are raised alone).
+
+    With `config.resume` the run of that id is continued from its checkpoint, with its own
+    settings (galmorph.workflows.resume; `given`: the settings the user set, which must agree
+    with them); every refusal comes before the run is touched.
     """
+    resumed = None
+    if config.resume:
+        config, resumed, _ = resume.resolve(config, resume.given_settings(config, given))
+        _hand_over_launcher_run(resumed.run_id)  # before configure, which reads MLFLOW_RUN_ID
     launched = _data_parallel(config)
     if launched is not None:
         return launched
@@ -42,20 +50,86 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
     tracking.configure(config.experiment)
     import mlflow  # after the settings are checked: importing it takes seconds
     run_tags = {"model": config.model, "backend": config.backend, "dataset": config.dataset,
-                "scheme": config.scheme, "preset": config.preset, **(extra_tags or {})}
+                "scheme": config.scheme, "preset": config.preset, **liveness.process_tags(), **(extra_tags or {})}
+    if resumed is not None:
+        run_tags[tags.RESUMED_AT] = str(resumed.next_epoch(config.epochs))
+        run_tags.update(_clear_failure(mlflow, resumed.run_id))
     name = config.run_name or tags.run_name(config.model, config.backend, config.dataset)
     # no system-metrics thread for a run that only records a settings error
-    with tracking.run(name, nested=nested, tags=run_tags, system_metrics=not nested and problem is None) as active:
+    with tracking.run(name, nested=nested, tags=run_tags, system_metrics=not nested and problem is None,
+                      run_id=resumed.run_id if resumed else None) as active:
         if started is not None:
             started(active.info.run_id)
         if problem is not None:
             raise problem
         # nested runs (multiseed children, trials, hierarchy nodes) say which run a line is from
         progress_prefix = name if nested else ""
-        return _run(config, active, prepared, trial, mlflow, after_fit, progress_prefix)
+        try:
+            final = _run(config, active, prepared, trial, mlflow, after_fit, progress_prefix, resumed)
+        except Exception:
+            _log_checkpoint(active.info.run_id, finished=False)  # a FAILED run can be resumed elsewhere
+            raise
+        _log_checkpoint(active.info.run_id, finished=True)
+        return final
 
 
-def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefix="") -> dict:
+def _clear_failure(mlflow, run_id: str) -> dict:
+    """A resumed run is no longer failed: its failure_reason moves to the resumed_after tag."""
+    client = mlflow.MlflowClient()
+    reason = client.get_run(run_id).data.tags.get(tags.FAILURE_REASON)
+    if reason is None:
+        return {}
+    client.delete_tag(run_id, tags.FAILURE_REASON)
+    return {tags.RESUMED_AFTER: reason}
+
+
+def _hand_over_launcher_run(run_id: str) -> None:
+    """Under `mlflow run -P resume=RUN_ID`, MLflow started a new run for this process: tag it
+    with the run it resumed and continue that one instead (MLflow ends its own run itself)."""
+    import os
+
+    launcher = os.environ.get("MLFLOW_RUN_ID")
+    if launcher and launcher != run_id:
+        import mlflow
+
+        mlflow.MlflowClient().set_tag(launcher, tags.RESUMED_RUN, run_id)
+        del os.environ["MLFLOW_RUN_ID"]
+
+
+def _log_checkpoint(run_id: str, finished: bool) -> None:
+    """Log the run's last checkpoint to its artifacts (checkpoint/), so that it can be resumed on
+    another machine; a FINISHED run's local copy is then removed. Best effort for a failing run."""
+    import shutil
+
+    from galmorph.core import interrupts
+
+    folder = checkpoints.latest(checkpoints.run_folder(run_id))
+    if folder is None:
+        return
+    try:
+        import mlflow
+
+        with interrupts.held():  # no half-copied checkpoint among the artifacts
+            mlflow.log_artifacts(str(folder), checkpoints.ARTIFACT_PATH)
+    except Exception:
+        if finished:
+            raise
+        return
+    if finished:
+        shutil.rmtree(checkpoints.run_folder(run_id), ignore_errors=True)
+
+
+def _epoch_log(mlflow):
+    """The reporter's `log`: the epoch's metrics at step = epoch, and the run's heartbeat."""
+
+    def log(metrics: dict, step: int) -> None:
+        mlflow.log_metrics(metrics, step=step)
+        mlflow.set_tag(liveness.HEARTBEAT, liveness.now_iso())
+
+    return log
+
+
+def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefix="", resumed=None) -> dict:
     # the resolved values (preset and flags merged), the preset's name, and where they leave it
     tracking.log_params({**config.to_dict(), "preset_overrides": ",".join(presets.overrides(config)) or "-",
                          **{f"version_{k}": v for k, v in system.library_versions().items()}})
@@ -77,7 +151,8 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
         "spec_trainable_params": spec.trainable_params, "spec_total_params": spec.total_params,
         "flatten_size": spec.flatten_size,
     })
-    _log_dataset(mlflow, data, digest)
+    if resumed is None:  # logged when the run started
+        _log_dataset(mlflow, data, digest)
     data_time = time.perf_counter() - t_data
 
     backend = backends.get(config.backend)
@@ -100,16 +175,24 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
     val_batches = lambda: augment.eval_batches(maker, split.val, config.eval_batch_size)  # noqa: E731
     shown = None if config.quiet else progress.EpochProgress(hyper.epochs, stream.images_per_epoch,
                                                              prefix=progress_prefix)
-    reporter = training.EpochReporter(labels[split.val], patience=config.patience,
-                                      log=lambda m, step: mlflow.log_metrics(m, step=step), trial=trial,
-                                      progress=shown)
+    reporter = training.EpochReporter(labels[split.val], patience=config.patience, log=_epoch_log(mlflow),
+                                      trial=trial, progress=shown)
+    saver = None
+    if config.checkpoints and trial is None:  # a trial that dies is retried by Optuna, not resumed
+        saver = checkpoints.Checkpointer(active.info.run_id, config.backend,
+                                         tracking.redact(mlflow.get_tracking_uri()), resume=resumed)
+    if resumed is not None:
+        reporter.restore(resumed.reporter)
     if shown is not None:  # the first line, before the first epoch's wait
         shown.line(f"training {config.model} ({config.backend}, {info['device']}) on "
                    f"{Path(data.name).stem}/{data.scheme}: {split.train.size} train, {split.val.size} validation, "
                    f"{split.test.size} test images, "
                    f"up to {hyper.epochs} epoch{'s' if hyper.epochs != 1 else ''}")
+        if resumed is not None:
+            shown.line(f"resuming run {active.info.run_id} after epoch {resumed.epoch + 1} "
+                       f"(checkpoint {resumed.folder})")
     t_fit = time.perf_counter()
-    model = backend.fit(model, stream, val_batches, hyper, reporter)
+    model = backend.fit(model, stream, val_batches, hyper, reporter, saver)
     fit_time = time.perf_counter() - t_fit
 
     t_eval = time.perf_counter()

@@ -132,6 +132,11 @@ CASES = [
      {}, "run multiseed once per scheme"),
     ("retrain-register-alias", ["retrain", "--study-name", "s", "--register-as", "c2", "--alias", "v1"], {},
      "Version alias name 'v1' is reserved"),
+    ("resume-unknown-run", ["train", "--resume", "0123456789abcdef0123456789abcdef"], {}, "no MLflow run"),
+    ("resume-and-init-from", ["train", "--resume", "0123456789abcdef0123456789abcdef", "--init-from", "abc"], {},
+     "pass one of them"),
+    ("runs-stale-after-0", ["runs", "--stale-after", "0"], {}, "stale_after must be a positive"),
+    ("runs-unknown-experiment", ["runs", "--experiment", "nope"], {}, "no experiment 'nope'"),
     ("tune-sampler", ["tune", "--sampler", "grid"], {}, "invalid choice: 'grid'"),
     ("tune-no-trials", ["tune", "--n-trials", "0"], {}, "give a timeout"),
     ("tune-grace", ["tune", "--grace-period", "5", "--heartbeat-interval", "10"], {}, "must exceed heartbeat_interval"),
@@ -187,7 +192,7 @@ def outcomes(tmp_path_factory):
 def test_the_table_covers_every_command():
     assert len(CASES) >= 40
     commands = {c[1][0] if c[1][0] != "data" else f"data {c[1][1]}" for c in CASES}
-    assert {"train", "tune", "retrain", "multiseed", "hierarchy", "explain", "report", "data info",
+    assert {"train", "tune", "retrain", "multiseed", "hierarchy", "explain", "report", "runs", "data info",
             "data prepare"} <= commands
 
 

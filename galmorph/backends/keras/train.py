@@ -29,8 +29,8 @@ def _optimizer(hyper: training.Hyper):
     raise ValueError(hyper.optimizer)
 
 
-def dataset(stream, n_classes: int, epochs: int, s: acceleration.Settings):
-    """Every training batch of `epochs` epochs as one tf.data pipeline of (x, one-hot y).
+def dataset(stream, n_classes: int, epochs: int, s: acceleration.Settings, start: int = 0):
+    """Every training batch of epochs `start` to `epochs - 1` as one tf.data pipeline of (x, one-hot y).
 
     Element k is batch k % len(stream) of epoch k // len(stream): exactly TrainStream.get of
     that epoch's plan, whatever the number of worker threads (deterministic map). Keras keeps
@@ -59,7 +59,7 @@ def dataset(stream, n_classes: int, epochs: int, s: acceleration.Settings):
         y.set_shape((None, n_classes))
         return x, y
 
-    ds = tf.data.Dataset.range(epochs * n)
+    ds = tf.data.Dataset.range(start * n, epochs * n)
     ds = ds.map(load, num_parallel_calls=max(1, s.loader_workers), deterministic=True)
     return ds.prefetch(s.prefetch or 1)
 
@@ -69,10 +69,11 @@ class _Reporter(keras.callbacks.Callback):
     # ready, instead of waiting for every step in the training loop (reporter.batch_done is thread-safe)
     async_safe = True
 
-    def __init__(self, reporter: training.EpochReporter, val_batches, stream, hyper: training.Hyper):
+    def __init__(self, reporter: training.EpochReporter, val_batches, stream, hyper: training.Hyper, checkpoints=None):
         super().__init__()
         self.reporter = reporter
         self.hyper = hyper
+        self.checkpoints = checkpoints
         self.stream = stream
         self.n_train_images = stream.images_per_epoch
         self.val_batches = val_batches
@@ -98,6 +99,9 @@ class _Reporter(keras.callbacks.Callback):
         )
         if decision.improved:
             self.best_weights = self.model.get_weights()
+        if self.checkpoints is not None:
+            self.checkpoints.save(epoch, self.reporter, decision.improved, decision.stop,
+                                  lambda path: save_state(self.model, self.model.optimizer, path))
         if decision.stop:
             self.model.stop_training = True
 
@@ -116,22 +120,62 @@ def _compile(model, hyper: training.Hyper, s: acceleration.Settings) -> None:
         )
 
 
-def fit(model, stream, val_batches, hyper: training.Hyper, reporter: training.EpochReporter):
+def fit(model, stream, val_batches, hyper: training.Hyper, reporter: training.EpochReporter, checkpoints=None):
     """Train `model` on `stream` for up to hyper.epochs; restore the best validation-loss weights.
 
     The model must come from build(spec, hyper) (its precision policy and strategy).
+    With `checkpoints` (galmorph.core.checkpoints.Checkpointer) the state is saved after every
+    epoch, and a `checkpoints.resume` checkpoint is continued from (model.fit's initial_epoch;
+    the reporter is restored by the caller).
     """
     s = settings(hyper)
     _compile(model, hyper, s)
-    callback = _Reporter(reporter, val_batches, stream, hyper)
+    callback = _Reporter(reporter, val_batches, stream, hyper, checkpoints)
     class_weight = dict(enumerate(hyper.class_weight)) if hyper.class_weight else None
-    with model.distribute_strategy.scope():
-        model.fit(dataset(stream, model.output_shape[-1], hyper.epochs, s), epochs=hyper.epochs,
-                  steps_per_epoch=len(stream), shuffle=False, callbacks=[callback], class_weight=class_weight,
-                  verbose=0)
+    start = 0
+    resume = checkpoints.resume if checkpoints is not None else None
+    if resume is not None:
+        if resume.best is not None:
+            restore_state(model, model.optimizer, resume.best)
+            callback.best_weights = model.get_weights()
+        restore_state(model, model.optimizer, resume.state)
+        start = resume.next_epoch(hyper.epochs)
+    if start < hyper.epochs:
+        with model.distribute_strategy.scope():
+            model.fit(dataset(stream, model.output_shape[-1], hyper.epochs, s, start), epochs=hyper.epochs,
+                      initial_epoch=start, steps_per_epoch=len(stream), shuffle=False, callbacks=[callback],
+                      class_weight=class_weight, verbose=0)
     if callback.best_weights is not None:
         model.set_weights(callback.best_weights)
     return model
+
+
+def save_state(model, trainer, path) -> None:
+    """Write to `path` what continuing fit() needs: every variable of `model` (weights,
+    batch-norm statistics and the dropout layers' seed-generator states) and of `trainer`
+    (fit's optimiser: its step count and moments; a loss-scale optimiser's scale too)."""
+    values = {f"model_{i}": np.asarray(v) for i, v in enumerate(model.variables)}
+    if trainer is not None and trainer.built:
+        values.update({f"optimizer_{i}": np.asarray(v) for i, v in enumerate(trainer.variables)})
+    with open(path, "wb") as fh:  # a file object: numpy adds no .npz to the name
+        np.savez(fh, **values)
+
+
+def restore_state(model, trainer, path) -> None:
+    """Load into `model` and `trainer` (fit's optimiser, built here if it is not yet) a `save_state` file."""
+    with np.load(path) as saved:
+        values = dict(saved)
+    with model.distribute_strategy.scope():
+        if any(k.startswith("optimizer_") for k in values) and not trainer.built:
+            trainer.build(model.trainable_variables)
+        for prefix, variables in (("model", model.variables), ("optimizer", trainer.variables)):
+            n = sum(k.startswith(prefix + "_") for k in values)
+            if prefix == "optimizer" and n == 0:
+                continue
+            if n != len(variables):
+                raise ValueError(f"{path} holds {n} {prefix} variables, the {prefix} has {len(variables)}")
+            for i, v in enumerate(variables):
+                v.assign(values[f"{prefix}_{i}"])
 
 
 def step_rate(model, hyper: training.Hyper, x: np.ndarray, y: np.ndarray, steps: int, warmup: int = 3,

@@ -127,11 +127,15 @@ def device_batches(stream, epoch: int, dev: torch.device, s: acceleration.Settin
         yield xd, yd
 
 
-def fit(model: nn.Module, stream, val_batches, hyper: training.Hyper, reporter: training.EpochReporter):
+def fit(model: nn.Module, stream, val_batches, hyper: training.Hyper, reporter: training.EpochReporter,
+        checkpoints=None):
     """Train `model` on `stream` for up to hyper.epochs; restore the best validation-loss weights.
 
     Data-parallel (under torchrun): every rank trains its Shard of each epoch; rank 0 alone
     evaluates and calls the reporter, and its improved/stop decision is broadcast.
+    With `checkpoints` (galmorph.core.checkpoints.Checkpointer) rank 0 saves the state after
+    every epoch, and a `checkpoints.resume` checkpoint is continued from (the reporter is
+    restored by the caller).
     """
     dev = device()
     trainer = _Trainer(model, hyper, dev, settings(hyper))
@@ -139,8 +143,15 @@ def fit(model: nn.Module, stream, val_batches, hyper: training.Hyper, reporter: 
     rank, world = replica()
     if world > 1:
         stream = pipeline.Shard(stream, rank, world)
-    best_state = None
-    for epoch in range(hyper.epochs):
+    best_state, start = None, 0
+    resume = checkpoints.resume if checkpoints is not None else None
+    if resume is not None:
+        if resume.best is not None:
+            restore_state(model, trainer, resume.best)
+            best_state = copy.deepcopy(model.state_dict())
+        restore_state(model, trainer, resume.state)
+        start = resume.next_epoch(hyper.epochs)
+    for epoch in range(start, hyper.epochs):
         trainer.set_epoch(epoch)
         reporter.start_epoch(trainer.opt.param_groups[0]["lr"])
         model.train()
@@ -167,11 +178,34 @@ def fit(model: nn.Module, stream, val_batches, hyper: training.Hyper, reporter: 
         improved, stop = distributed.broadcast_flags(improved, stop)
         if improved:
             best_state = copy.deepcopy(model.state_dict())
+        if checkpoints is not None and rank == 0:
+            checkpoints.save(epoch, reporter, improved, stop, lambda path: save_state(model, trainer, path))
         if stop:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     return model
+
+
+def save_state(model: nn.Module, trainer: _Trainer, path) -> None:
+    """Write to `path` what continuing fit() needs: the weights (batch-norm statistics
+    included), the optimiser's and the loss scaler's state and the RNG states (dropout)."""
+    state = {"model": model.state_dict(), "optimizer": trainer.opt.state_dict(), "scaler": trainer.scaler.state_dict(),
+             "rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    torch.save(state, path)
+
+
+def restore_state(model: nn.Module, trainer: _Trainer, path) -> None:
+    """Load into `model` and `trainer` (fit's optimiser and scaler) a `save_state` file."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    trainer.opt.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
+    trainer.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
 def step_rate(model: nn.Module, hyper: training.Hyper, x: np.ndarray, y: np.ndarray, steps: int,
