@@ -52,12 +52,15 @@ def run(config: RunsConfig) -> list[str]:
 
     stale = find(config)
     client = mlflow.MlflowClient()
+    names: dict[str, str] = {}
     for found, why in stale:
         if config.close_stale:
             liveness.close(client, found, why)
         info = found.info
-        print(f"{info.run_id}  {info.run_name}  experiment {info.experiment_id}  "
-              f"{'closed (KILLED)' if config.close_stale else 'stale'}: {why}")
+        if info.experiment_id not in names:
+            names[info.experiment_id] = client.get_experiment(info.experiment_id).name
+        print(f"{info.run_id}  {info.run_name}  experiment {names[info.experiment_id]!r}  "
+              f"{'closed (KILLED)' if config.close_stale else 'stale'}: {why}", flush=True)
     verb = "closed" if config.close_stale else "found"
     hint = "" if config.close_stale or not stale else "; --close-stale marks them KILLED, `galmorph train --resume " \
                                                        "RUN_ID` continues one"

@@ -97,7 +97,8 @@ class PruneTrialOne(optuna.pruners.BasePruner):
         return trial.number == 1
 
 cfg = presets.resolve(TuneConfig, dict(backend="torch", dataset="synthetic", synthetic_n=120, epochs=1, n_trials=2,
-    threads=2, width=0.25, dense_units=32, cv_folds=2, study_name="cv", storage={storage!r}, experiment="cv",
+    threads=2, width=0.25, dense_units=32, cv_folds=2, optimizer="adamw", lr_schedule="cosine",
+    study_name="cv", storage={storage!r}, experiment="cv",
     sampler_seed=0, search_space={space!r}))
 print("RESULT " + json.dumps(tune(cfg, pruner=PruneTrialOne()), default=str))
 """
@@ -117,7 +118,7 @@ def test_a_cross_validated_study_starts_from_the_base_configuration(tmp_path, tr
     study = optuna.load_study(study_name="cv", storage=storage)
     zero, one = study.trials
     assert zero.user_attrs["galmorph_baseline"] and zero.user_attrs["config_overrides"] == {}
-    # the recommended optimiser adamw is not among the small space's choices: kept, not suggested
+    # the base's optimiser adamw (given) is not among the small space's choices: kept, not suggested
     assert zero.user_attrs["galmorph_unexpressed"] == {"optimizer": "adamw"}
     assert zero.params == {"dropout": 0.5, "width": 0.25, "dense_units": 32}
     values = zero.user_attrs["cv_values"]
