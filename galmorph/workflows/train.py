@@ -138,21 +138,10 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
     source = finetune.resolve(config.init_from) if config.init_from else None  # an unknown model: before the data
     t_data = time.perf_counter()
     prepared = prepared or prepare(config)
-    data, split, maker = prepared.data, prepared.split, prepared.maker
-    spec = specs.resolve(config.model, maker.input_shape, len(data.class_names), **config.arch_kwargs())
+    data, split = prepared.data, prepared.split
+    spec = specs.resolve(config.model, prepared.maker.input_shape, len(data.class_names), **config.arch_kwargs())
     new_output = finetune.check(source, config, spec) if source else False
-    digest = data.digest()
-    mlflow.set_tags({"scheme": data.scheme, "dataset_digest": digest})
-    tracking.log_params({
-        "dataset_name": data.name, "dataset_digest": digest, "dataset_path": str(data.path),
-        "scheme_resolved": data.scheme, "class_names": ",".join(data.class_names), "n_classes": len(data.class_names),
-        "image_size_loaded": data.image_size, "input_shape": "x".join(map(str, spec.input_shape)),
-        "n_train": split.train.size, "n_val": split.val.size, "n_test": split.test.size,
-        "spec_trainable_params": spec.trainable_params, "spec_total_params": spec.total_params,
-        "flatten_size": spec.flatten_size,
-    })
-    if resumed is None:  # logged when the run started
-        _log_dataset(mlflow, data, digest)
+    digest = _log_data(mlflow, data, split, spec, log_input=resumed is None)  # a resumed run logged its input
     data_time = time.perf_counter() - t_data
 
     backend = backends.get(config.backend)
@@ -170,54 +159,14 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
         trainable, total = backend.count_params(model)  # frozen layers no longer count as trainable
     mlflow.log_metrics({"trainable_params": trainable, "total_params": total, "data_prep_time_s": data_time})
 
-    labels = data.labels
-    stream = train_stream(config, prepared)
-    val_batches = lambda: augment.eval_batches(maker, split.val, config.eval_batch_size)  # noqa: E731
-    shown = None if config.quiet else progress.EpochProgress(hyper.epochs, stream.images_per_epoch,
-                                                             prefix=progress_prefix)
-    reporter = training.EpochReporter(labels[split.val], patience=config.patience, log=_epoch_log(mlflow),
-                                      trial=trial, progress=shown)
-    saver = None
-    if config.checkpoints and trial is None:  # a trial that dies is retried by Optuna, not resumed
-        saver = checkpoints.Checkpointer(active.info.run_id, config.backend,
-                                         tracking.redact(mlflow.get_tracking_uri()), resume=resumed)
-    if resumed is not None:
-        reporter.restore(resumed.reporter)
-    if shown is not None:  # the first line, before the first epoch's wait
-        shown.line(f"training {config.model} ({config.backend}, {info['device']}) on "
-                   f"{Path(data.name).stem}/{data.scheme}: {split.train.size} train, {split.val.size} validation, "
-                   f"{split.test.size} test images, "
-                   f"up to {hyper.epochs} epoch{'s' if hyper.epochs != 1 else ''}")
-        if resumed is not None:
-            shown.line(f"resuming run {active.info.run_id} after epoch {resumed.epoch + 1} "
-                       f"(checkpoint {resumed.folder})")
-    t_fit = time.perf_counter()
-    model = backend.fit(model, stream, val_batches, hyper, reporter, saver)
-    fit_time = time.perf_counter() - t_fit
-
-    t_eval = time.perf_counter()
-    proba = backend.predict_proba(model, augment.eval_batches(maker, split.test, config.eval_batch_size))
-    eval_time = time.perf_counter() - t_eval
-    report = metrics.evaluate(labels[split.test], proba, data.class_names)
-    final = metrics.flat_metrics(report, "test")
-    val_proba = backend.predict_proba(model, val_batches())
-    val_report = metrics.evaluate(labels[split.val], val_proba, data.class_names)
-    final.update({"best_val_loss": reporter.best_val_loss, "best_val_accuracy": val_report["accuracy"]})
-    # one temperature fitted on the validation split; test_log_loss and test_ece are then the
-    # calibrated ones, *_uncalibrated the network's own (predictions.csv holds the latter)
-    temperature = calibration.fit_temperature(labels[split.val], val_proba)
-    final.update({"temperature": temperature, **calibration.calibration_metrics(labels[split.test], proba, temperature)})
-    if config.tta:
-        tta = np.mean([backend.predict_proba(model, augment.eval_batches(maker, split.test, config.eval_batch_size, v))
-                       for v in range(augment.N_VIEWS)], axis=0)
-        tta_report = metrics.evaluate(labels[split.test], tta, data.class_names)
-        final.update({f"test_tta_{k}": tta_report[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")})
-    final.update(reporter.timing())
-    final.update({"fit_time_s": fit_time, "test_inference_images_per_s": split.test.size / max(eval_time, 1e-9),
-                  "peak_host_memory_mb": system.peak_rss_mb(), **backend.device_stats()})
+    model, reporter, fit_time = _fit(config, active, mlflow, backend, model, prepared, hyper, info, trial,
+                                     progress_prefix, resumed)
+    final, report, proba, temperature = _evaluate(config, backend, model, prepared, reporter)
+    final["fit_time_s"] = fit_time
     mlflow.log_metrics(final)
     backend.finish(final)
 
+    labels = data.labels
     with tracking.artifact_dir() as out:
         _write_artifacts(out, config, data, split, spec, report, proba, reporter, digest)
         plots.reliability_diagram(labels[split.test], proba, calibration.apply_temperature(proba, temperature),
@@ -236,6 +185,79 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
             model_registry.register(uri, config.register_as, config.alias, final,
                                     model_registry.description(config, data.scheme, final), active.info.run_id)
     return final
+
+
+def _log_data(mlflow, data, split, spec, log_input: bool) -> str:
+    """Tag and log what the run trains on (and, unless resumed, its MLflow dataset input); the digest."""
+    digest = data.digest()
+    mlflow.set_tags({"scheme": data.scheme, "dataset_digest": digest})
+    tracking.log_params({
+        "dataset_name": data.name, "dataset_digest": digest, "dataset_path": str(data.path),
+        "scheme_resolved": data.scheme, "class_names": ",".join(data.class_names), "n_classes": len(data.class_names),
+        "image_size_loaded": data.image_size, "input_shape": "x".join(map(str, spec.input_shape)),
+        "n_train": split.train.size, "n_val": split.val.size, "n_test": split.test.size,
+        "spec_trainable_params": spec.trainable_params, "spec_total_params": spec.total_params,
+        "flatten_size": spec.flatten_size,
+    })
+    if log_input:
+        _log_dataset(mlflow, data, digest)
+    return digest
+
+
+def _fit(config, active, mlflow, backend, model, prepared, hyper, info, trial, progress_prefix, resumed):
+    """The backend's fit with the reporter, progress lines and checkpoints: (model, reporter, seconds)."""
+    data, split, maker = prepared.data, prepared.split, prepared.maker
+    stream = train_stream(config, prepared)
+    val_batches = lambda: augment.eval_batches(maker, split.val, config.eval_batch_size)  # noqa: E731
+    shown = None if config.quiet else progress.EpochProgress(hyper.epochs, stream.images_per_epoch,
+                                                             prefix=progress_prefix)
+    reporter = training.EpochReporter(data.labels[split.val], patience=config.patience, log=_epoch_log(mlflow),
+                                      trial=trial, progress=shown)
+    saver = None
+    if config.checkpoints and trial is None:  # a trial that dies is retried by Optuna, not resumed
+        saver = checkpoints.Checkpointer(active.info.run_id, config.backend,
+                                         tracking.redact(mlflow.get_tracking_uri()), resume=resumed)
+    if resumed is not None:
+        reporter.restore(resumed.reporter)
+    if shown is not None:  # the first line, before the first epoch's wait
+        shown.line(f"training {config.model} ({config.backend}, {info['device']}) on "
+                   f"{Path(data.name).stem}/{data.scheme}: {split.train.size} train, {split.val.size} validation, "
+                   f"{split.test.size} test images, "
+                   f"up to {hyper.epochs} epoch{'s' if hyper.epochs != 1 else ''}")
+        if resumed is not None:
+            shown.line(f"resuming run {active.info.run_id} after epoch {resumed.epoch + 1} "
+                       f"(checkpoint {resumed.folder})")
+    t_fit = time.perf_counter()
+    model = backend.fit(model, stream, val_batches, hyper, reporter, saver)
+    return model, reporter, time.perf_counter() - t_fit
+
+
+def _evaluate(config, backend, model, prepared, reporter):
+    """Test metrics (plain, calibrated, over the 40 views with --tta) and timings:
+    (final metrics, test report, test probabilities, temperature)."""
+    data, split, maker = prepared.data, prepared.split, prepared.maker
+    labels = data.labels
+    t_eval = time.perf_counter()
+    proba = backend.predict_proba(model, augment.eval_batches(maker, split.test, config.eval_batch_size))
+    eval_time = time.perf_counter() - t_eval
+    report = metrics.evaluate(labels[split.test], proba, data.class_names)
+    final = metrics.flat_metrics(report, "test")
+    val_proba = backend.predict_proba(model, augment.eval_batches(maker, split.val, config.eval_batch_size))
+    val_report = metrics.evaluate(labels[split.val], val_proba, data.class_names)
+    final.update({"best_val_loss": reporter.best_val_loss, "best_val_accuracy": val_report["accuracy"]})
+    # one temperature fitted on the validation split; test_log_loss and test_ece are then the
+    # calibrated ones, *_uncalibrated the network's own (predictions.csv holds the latter)
+    temperature = calibration.fit_temperature(labels[split.val], val_proba)
+    final.update({"temperature": temperature, **calibration.calibration_metrics(labels[split.test], proba, temperature)})
+    if config.tta:
+        tta = np.mean([backend.predict_proba(model, augment.eval_batches(maker, split.test, config.eval_batch_size, v))
+                       for v in range(augment.N_VIEWS)], axis=0)
+        tta_report = metrics.evaluate(labels[split.test], tta, data.class_names)
+        final.update({f"test_tta_{k}": tta_report[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")})
+    final.update(reporter.timing())
+    final.update({"test_inference_images_per_s": split.test.size / max(eval_time, 1e-9),
+                  "peak_host_memory_mb": system.peak_rss_mb(), **backend.device_stats()})
+    return final, report, proba, temperature
 
 
 def _data_parallel(config: TrainConfig) -> dict | None:
