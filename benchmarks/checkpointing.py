@@ -1,10 +1,12 @@
 """Per-epoch cost of checkpoints and progress lines (issue 10), side by side in one run.
 
 C2 on the synthetic set, each backend in a process of its own (one framework per process),
-the backend's own `fit` with the neutral reporter in three modes, taken in turns (round k
+the backend's own `fit` with the neutral reporter in five modes, taken in turns (round k
 runs every mode once, the order rotating) so that a change of machine load hits all alike:
 
 - plain: no checkpoints, no progress (`--checkpoints false --quiet`), the baseline;
+- lines: one plain progress line per epoch (logs, `mlflow run`, CI), no checkpoints;
+- bar: the terminal's tqdm bar, moved after every batch (written to /dev/null), no checkpoints;
 - checkpoints: a checkpoint after every epoch (galmorph.core.checkpoints: the backend's
   save_state, sha256 of the files, the best weights linked, the folder renamed into place);
 - both: checkpoints and one plain progress line per epoch (what `galmorph train` does in a log).
@@ -38,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(HERE.parent))
 
-MODES = ("plain", "checkpoints", "both")
+MODES = ("plain", "lines", "bar", "checkpoints", "both")
 
 
 def measure(backend_name: str, n: int, epochs: int, rounds: int, batch_size: int) -> dict:
@@ -69,10 +71,10 @@ def measure(backend_name: str, n: int, epochs: int, rounds: int, batch_size: int
     with open(os.devnull, "w") as sink, tempfile.TemporaryDirectory(prefix="galmorph-bench-") as tmp:
         for r in range(rounds):
             for mode in MODES[r % len(MODES):] + MODES[: r % len(MODES)]:
-                shown = progress.EpochProgress(epochs, stream.images_per_epoch, stream=sink, bar=False) \
-                    if mode == "both" else None
+                shown = progress.EpochProgress(epochs, stream.images_per_epoch, stream=sink, bar=mode == "bar") \
+                    if mode in ("lines", "bar", "both") else None
                 saver = checkpoints.Checkpointer(f"bench-{r}-{mode}", backend_name, folder=Path(tmp) / f"{r}-{mode}") \
-                    if mode != "plain" else None
+                    if mode in ("checkpoints", "both") else None
                 if saver is not None:  # the checkpoint's own seconds, apart: a figure that load noise cannot hide
                     save = saver.save
 
@@ -87,7 +89,7 @@ def measure(backend_name: str, n: int, epochs: int, rounds: int, batch_size: int
                 reporter = training.EpochReporter(data.labels[split.val], progress=shown)
                 starts = []
                 start_epoch = reporter.start_epoch
-                reporter.start_epoch = lambda: (starts.append(time.perf_counter()), start_epoch())[1]
+                reporter.start_epoch = lambda *a: (starts.append(time.perf_counter()), start_epoch(*a))[1]
                 model = backend.fit(model, stream, val_batches, hyper, reporter, saver)
                 starts.append(time.perf_counter())
                 times[mode] += list(np.diff(starts)[1:])  # the first epoch warms up
@@ -99,14 +101,14 @@ def measure(backend_name: str, n: int, epochs: int, rounds: int, batch_size: int
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| backend | images/epoch | state MB | plain s/epoch | checkpoints s/epoch | both s/epoch "
-           "| checkpoints / plain | both / plain | one checkpoint s | checkpoint / plain epoch |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    others = MODES[1:]
+    out = ["| backend | images/epoch | state MB | plain s/epoch | " + " | ".join(f"{m} / plain" for m in others)
+           + " | one checkpoint s | checkpoint / plain epoch |", "|---" * (len(others) + 6) + "|"]
     for r in rows:
         e = r["epoch_s"]
-        out.append(f"| {r['backend']} | {r['images_per_epoch']} | {r['state_mb']:.1f} | {e['plain']:.3f} "
-                   f"| {e['checkpoints']:.3f} | {e['both']:.3f} | {e['checkpoints'] / e['plain']:.3f} "
-                   f"| {e['both'] / e['plain']:.3f} | {r['save_s']:.3f} | {r['save_s'] / e['plain']:.4f} |")
+        out.append(f"| {r['backend']} | {r['images_per_epoch']} | {r['state_mb']:.1f} | {e['plain']:.3f} | "
+                   + " | ".join(f"{e[m] / e['plain']:.3f}" for m in others)
+                   + f" | {r['save_s']:.3f} | {r['save_s'] / e['plain']:.4f} |")
     return "\n".join(out)
 
 
