@@ -28,7 +28,7 @@ from galmorph.core.paths import load_yaml
 from galmorph.data import augment, registry, schemes, splits
 from galmorph.tracking import artifacts
 from galmorph.tracking.tags import KIND, PARENT, ROLE, RUN_NAME, run_name
-from galmorph.workflows import prepare, train
+from galmorph.workflows import prepare, resume, train
 from galmorph.workflows.prepare import Prepared
 
 
@@ -186,6 +186,7 @@ def run(config: TrainConfig, name: str, *, nested: bool = False, extra_tags: dic
     tree_entry = entry(name)
     if config.devices != 1:
         raise GalmorphError("a hierarchical classifier trains its nodes in one process; use devices=1")
+    resume.only_in_train(config, "a hierarchy")
     base = base_scheme(name, dataset_key(config.dataset))
     base_config = config.replace(scheme=base)
     problem = tracking.validated(base_config.validate)  # raised inside the run: it ends FAILED

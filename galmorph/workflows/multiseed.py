@@ -34,7 +34,7 @@ from galmorph.tracking.artifacts import no_progress_bar
 from galmorph.tracking.tags import KIND, MODEL_URI, PARENT, RUN_NAME, run_name
 from galmorph.workflows import ensemble as ens
 from galmorph.workflows import hierarchy as hier
-from galmorph.workflows import train
+from galmorph.workflows import resume, train
 from galmorph.workflows.prepare import SYNTHETIC_DATA_SEED, check_data_settings
 
 
@@ -98,6 +98,7 @@ def run(config: TrainConfig, seeds: list[int], *, hierarchy: str | None = None, 
     ensemble = ensemble and not hierarchy
 
     def check():
+        resume.only_in_train(config, "multiseed")
         check_data_settings(config.validate())
         if not seeds:
             raise GalmorphError("no seeds given; pass --seeds 3 or --seeds 0,1,2")

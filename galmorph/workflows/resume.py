@@ -40,6 +40,13 @@ def given_settings(config: TrainConfig, explicit: set[str] | None) -> set[str]:
     return set(explicit)
 
 
+def only_in_train(config: TrainConfig, command: str) -> None:
+    """`--resume` continues one training run; a command that starts several refuses it."""
+    if config.resume:
+        raise GalmorphError(f"--resume {config.resume} continues one training run, and {command} starts new ones; "
+                            "resume a killed run of it with `galmorph train --resume RUN_ID`")
+
+
 def resolve(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, checkpoints.Checkpoint, str]:
     """(the run's own settings with the given free ones, its checkpoint, its experiment name)."""
     run_id = config.resume

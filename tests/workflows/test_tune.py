@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -383,14 +384,22 @@ def test_rerunning_a_study_continues_it(tmp_path, mlflow_store, small_space):
         assert child.data.tags["optuna_trial_number"] == parent.data.tags["optuna_trials_before"]
         assert parent.data.metrics["n_trials"] == int(parent.data.tags["optuna_trials_before"]) + 1
 
-    # resuming with settings that change what a value means is refused, before any training
-    from galmorph.workflows.tune import tune
-
-    with pytest.raises(GalmorphError, match=r"was run with other settings \(epochs: 1 -> 3\)"):
-        tune(TuneConfig.of(**{**common, "epochs": 3}, experiment="resume"))
-    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # exported by mlflow.set_experiment
+    # resuming with settings that change what a value means is refused, before any training:
+    # in a fresh interpreter, where no earlier test can have imported a backend already
+    refused = run_python(f"""
+import sys
+from galmorph.core.errors import GalmorphError
+from galmorph.workflows.tune import TuneConfig, tune
+try:
+    tune(TuneConfig.of(**{ {**common, "epochs": 3}!r}, experiment="resume"))
+except GalmorphError as exc:
+    print("REFUSED", exc)
+print("TORCH", "torch" in sys.modules)
+""")
+    assert refused.returncode == 0, refused.stderr[-4000:]
+    assert re.search(r"REFUSED .*was run with other settings \(epochs: 1 -> 3\)", refused.stdout), refused.stdout
+    assert "TORCH False" in refused.stdout  # it failed before a backend was imported
     assert len(optuna.load_study(study_name="resumable", storage=storage).trials) == 2
-    assert "torch" not in sys.modules  # (it failed before a backend was imported)
 
 
 # ---------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from galmorph import presets
 from galmorph.config import TrainConfig, build, check_choices, nested, option, option_of
 from galmorph.core.errors import GalmorphError
 from galmorph.tracking.tags import run_name
+from galmorph.workflows import resume
 from galmorph.workflows.prepare import check_data_settings
 
 SAMPLERS = ("tpe", "random", "cmaes")
@@ -90,6 +91,7 @@ class TuneConfig:
             raise GalmorphError(f"grace_period ({self.grace_period} s) must exceed heartbeat_interval "
                                 f"({self.heartbeat_interval} s), or a live trial would be failed")
         presets.check_name(self.base.preset)
+        resume.only_in_train(self.base, "a study")
         check_data_settings(self.train_config().validate())
         return self
 
