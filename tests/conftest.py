@@ -6,6 +6,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -155,6 +156,19 @@ def wait_for(condition, timeout: float, what: str):
             return value
         time.sleep(0.2)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """End a server started with start_new_session=True, and its children: SIGTERM to its
+    process group, SIGKILL if it is still there after `timeout` seconds."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
 
 
 def run_python(code: str, env: dict | None = None, timeout: int = 600, cwd=REPO):

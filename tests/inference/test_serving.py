@@ -12,8 +12,6 @@ same code for both backends (its Keras member was served by hand, docs/serving.m
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -22,7 +20,7 @@ import urllib.request
 import h5py
 import numpy as np
 import pytest
-from conftest import REPO, child_env, free_port, make_h5, run_python, wait_for
+from conftest import REPO, child_env, free_port, make_h5, run_python, stop_group, wait_for
 
 NAME, ALIAS = "galaxies", "champion"
 URI = f"models:/{NAME}@{ALIAS}"
@@ -43,17 +41,6 @@ def _post(port: int, body: dict) -> dict:
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as answer:
         return json.loads(answer.read())
-
-
-def _stop(server: subprocess.Popen) -> None:
-    """End the server's whole process group (mlflow starts uvicorn as a child process)."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=15)
 
 
 @pytest.mark.slow
@@ -96,7 +83,7 @@ def test_the_served_model_answers_like_the_loaded_one(tmp_path, tracking_uri):
             urllib.request.urlopen(wrong, timeout=60)
         assert refused.value.code == 400 and b"(-1, 32, 32, 3)" in refused.value.read()
     finally:
-        _stop(server)
+        stop_group(server)
 
     # what galmorph predict computes: the loaded model, in a fresh process (one framework per process)
     np.save(tmp_path / "images.npy", images)

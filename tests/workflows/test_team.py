@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import PG_SECRET, REPO, child_env, free_port, run_python, wait_for
+from conftest import PG_SECRET, REPO, child_env, free_port, run_python, stop_group, wait_for
 
 from galmorph.workflows.tune import open_storage, postgres_driver
 
@@ -67,12 +66,7 @@ def mlflow_server(postgres_server, tmp_path):
         wait_for(up, 180, "mlflow server's /health")
         yield Server(url, artifacts, log)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        stop_group(proc, timeout=30)
 
 
 class Galmorph:
