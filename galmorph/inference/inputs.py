@@ -9,8 +9,8 @@ makes the whole command meaningless (a path that does not exist, a file type gal
 not read, a folder without images) is a GalmorphError.
 
 Geometry: an image of any size is centre-cropped to a square of side `crop` x its shorter
-side, then resized to the model's side with Pillow: BOX (area averaging, as
-galmorph.data.resize does) when shrinking, BICUBIC when enlarging.
+side, then resized to the model's side: area averaging by galmorph.data.resize (what
+`--image-size` does to training data) when shrinking, Pillow's bicubic when enlarging.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from galmorph.core.errors import GalmorphError
+from galmorph.data import resize
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
@@ -69,9 +70,10 @@ def to_side(im, geometry: Geometry) -> np.ndarray:
     if (w, h) != (keep, keep):
         left, top = (w - keep) // 2, (h - keep) // 2
         im = im.crop((left, top, left + keep, top + keep))
-    if keep != geometry.side:
-        method = Image.Resampling.BOX if keep > geometry.side else Image.Resampling.BICUBIC
-        im = im.resize((geometry.side, geometry.side), method)
+    if keep > geometry.side:  # the area averaging --image-size applies to training data
+        return resize.downsample(np.asarray(im, dtype=np.uint8)[None], geometry.side)[0]
+    if keep < geometry.side:
+        im = im.resize((geometry.side, geometry.side), Image.Resampling.BICUBIC)
     return np.asarray(im, dtype=np.uint8)
 
 
