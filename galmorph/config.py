@@ -153,7 +153,7 @@ class TrainConfig:
     optimizer: str = option("adam", "optimiser", training.OPTIMIZERS, preset=True)
     weight_decay: float = option(0.0, "decoupled weight decay (AdamW-style) for any optimiser", preset=True)
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss", preset=True)
-    class_weights: str = option("none", "weight the loss by class: none or balanced (inverse class frequency of the training split)", training.CLASS_WEIGHTS, preset=True)
+    class_weights: str = option("none", "weight the loss by class: none, balanced (inverse class frequency of the training split) or sqrt (its square root)", training.CLASS_WEIGHTS, preset=True)
     width: float = option(1.0, "multiplier of the convolution filters", preset=True)
     dense_units: int = option(0, "units of each hidden dense layer (0 = the architecture's, 256)", preset=True)
     dropout: float = option(-1.0, "dropout rate (-1 = the architecture's, 0.5)", preset=True)

@@ -22,7 +22,9 @@ from galmorph.core.errors import GalmorphError
 from galmorph.core.progress import epoch_line
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "adadelta")  # sgd: with momentum SGD_MOMENTUM
-CLASS_WEIGHTS = ("none", "balanced")  # balanced: inverse class frequency of the training split
+# balanced: inverse class frequency of the training split; sqrt: its square root (milder for a
+# class 20x rarer than the commonest, as cigar-shaped smooth galaxies are in Galaxy10)
+CLASS_WEIGHTS = ("none", "balanced", "sqrt")
 LR_SCHEDULES = ("constant", "cosine", "onecycle")  # see lr_at
 ONECYCLE_START = 25.0  # onecycle starts at learning_rate / 25 (torch OneCycleLR's div_factor) ...
 ONECYCLE_END = 1e4  # ... and anneals towards that start / 1e4 (its final_div_factor)
@@ -129,12 +131,19 @@ def block_rates(run, steps: int, batch_images: int, warmup: int = 3, blocks: int
     return rates
 
 
-def balanced_class_weight(labels: np.ndarray, n_classes: int) -> tuple[float, ...]:
-    """n / (K * count_k) per class (sklearn's 'balanced'); absent classes get weight 0."""
+def class_weight(labels: np.ndarray, n_classes: int, power: float = 1.0) -> tuple[float, ...]:
+    """count_k ** -power per class, scaled so that the training galaxies' weights sum to their
+    number (the loss keeps its scale): power 1 is n / (K * count_k), sklearn's 'balanced';
+    power 0.5 weighs by the inverse square root of the frequency. Absent classes get 0."""
     counts = np.bincount(labels, minlength=n_classes).astype(float)
-    with np.errstate(divide="ignore"):
-        w = np.where(counts > 0, labels.size / (n_classes * counts), 0.0)
+    present = counts > 0
+    raw = np.zeros(n_classes)
+    raw[present] = counts[present] ** -power
+    w = raw * labels.size / float(np.sum(counts * raw))
     return tuple(float(x) for x in w)
+
+
+CLASS_WEIGHT_POWER = {"balanced": 1.0, "sqrt": 0.5}
 
 
 class Pruned(Exception):

@@ -72,12 +72,12 @@ def prepare(config: TrainConfig, *, merge_val_into_train: bool = False) -> Prepa
 
 def hyper_from(config: TrainConfig, train_labels: np.ndarray | None = None, n_classes: int = 0) -> training.Hyper:
     """The backend's view of `config`: every Hyper field is the setting of the same name, and
-    `class_weight` is computed from the training labels when class_weights is `balanced`."""
+    `class_weight` is computed from the training labels unless class_weights is `none`."""
     cw = None
-    if config.class_weights == "balanced":
+    if config.class_weights != "none":
         if train_labels is None:
-            raise ValueError("class_weights=balanced needs the training labels")
-        cw = training.balanced_class_weight(train_labels, n_classes)
+            raise ValueError(f"class_weights={config.class_weights} needs the training labels")
+        cw = training.class_weight(train_labels, n_classes, training.CLASS_WEIGHT_POWER[config.class_weights])
     same = {f.name: getattr(config, f.name) for f in fields(training.Hyper) if f.name != "class_weight"}
     return training.Hyper(class_weight=cw, **same)
 
