@@ -6,7 +6,8 @@ experiment, and prints the table: test accuracy and balanced accuracy (plain and
 40 test-time views), mean +- sample std over seeds, and each configuration's gain over the
 baseline as the mean of the per-seed differences +- its standard error (a seed fixes the
 split, the augmentation order and the initial weights, so the differences are paired).
-An ingredient "holds" where its mean gain exceeds two standard errors.
+An ingredient "holds" where its mean gain exceeds two standard errors over at least 3 seeds
+(galmorph.core.stats, which `galmorph report` uses for its ablation table too).
 
 Runs already FINISHED in the experiment (found by run name) are not run again, so an
 interrupted sweep continues where it stopped, and `--table-only` reprints the table.
@@ -20,7 +21,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import subprocess
 import sys
@@ -32,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
+
+from galmorph.core import stats  # noqa: E402
 
 METRICS = ("test_accuracy", "test_balanced_accuracy", "test_tta_accuracy", "test_tta_balanced_accuracy")
 
@@ -94,13 +96,6 @@ def sweep(args, configs: dict[str, dict]) -> dict[tuple[str, int], dict]:
     return results
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, std
-
-
 def table(results: dict, configs: dict, seeds: list[int]) -> str:
     """Markdown: mean +- std per metric, and the paired gain over the baseline +- its SE."""
     head = "| configuration | seeds | " + " | ".join(m.removeprefix("test_") for m in METRICS) + \
@@ -113,7 +108,7 @@ def table(results: dict, configs: dict, seeds: list[int]) -> str:
         cells = []
         for m in METRICS:
             vals = [results[(name, s)][m] for s in have if m in results[(name, s)]]
-            cells.append("{:.3f} ± {:.3f}".format(*_mean_std(vals)) if vals else "-")
+            cells.append("{:.3f} ± {:.3f}".format(*stats.mean_std(vals)) if vals else "-")
         gains = [_gain(results, name, have, m) for m in ("test_accuracy", "test_balanced_accuracy")]
         lines.append(f"| {name} | {len(have)} | " + " | ".join(cells) + " | " + " | ".join(gains) + " |")
     return "\n".join(lines)
@@ -122,16 +117,9 @@ def table(results: dict, configs: dict, seeds: list[int]) -> str:
 def _gain(results: dict, name: str, seeds: list[int], metric: str) -> str:
     if name == "baseline":
         return "-"
-    diffs = [results[(name, s)][metric] - results[("baseline", s)][metric]
-             for s in seeds if ("baseline", s) in results]
-    if not diffs:
-        return "-"
-    mean, std = _mean_std(diffs)
-    if len(diffs) < 2:
-        return f"{mean * 100:+.1f}"
-    se = std / math.sqrt(len(diffs))
-    holds = " (holds)" if mean > 2 * se else ""
-    return f"{mean * 100:+.1f} ± {se * 100:.1f}{holds}"
+    gain = stats.paired_gain({s: results[("baseline", s)][metric] for s in seeds if ("baseline", s) in results},
+                             {s: results[(name, s)][metric] for s in seeds})
+    return gain.text() if gain else "-"
 
 
 def main(argv=None) -> int:

@@ -278,6 +278,12 @@ out = {{"tune": tune(cfg, pruner=PruneTrialOne())}}
 if {retrain!r}:
     out["retrain"] = retrain(RetrainConfig(study_name="tiny", storage={storage!r}, experiment="tune-test-{backend}",
                                            register_as="tiny-best", alias="champion"))
+    out["trial2"] = retrain(RetrainConfig(study_name="tiny", storage={storage!r}, experiment="tune-test-{backend}",
+                                          trial=2, log_model=False))
+    try:
+        retrain(RetrainConfig(study_name="tiny", storage={storage!r}, trial=1))
+    except Exception as exc:  # trial 1 was pruned
+        out["pruned"] = str(exc)
 print("RESULT " + json.dumps(out, default=str))
 """
 
@@ -333,8 +339,17 @@ def test_three_trial_study_logs_nested_runs(tmp_path, mlflow_store, small_space,
 
     if backend == "torch":  # retrain: train+validation, fixed epochs, tested once
         result = out["retrain"]
-        (run,) = [r for r in _runs(client, f"tune-test-{backend}") if r.data.tags.get("galmorph.role") == "retrain"]
-        assert run.info.run_id == result["run_id"] and "mlflow.parentRunId" not in run.data.tags
+        retrained = {r.info.run_id: r for r in _runs(client, f"tune-test-{backend}")
+                     if r.data.tags.get("galmorph.role") == "retrain"}
+        assert set(retrained) == {result["run_id"], out["trial2"]["run_id"]}
+        run = retrained[result["run_id"]]
+        assert "mlflow.parentRunId" not in run.data.tags and result["best"] and result["trial"] == study.best_trial.number
+        # --trial 2: that trial's configuration, whether or not it is the best
+        other = retrained[out["trial2"]["run_id"]]
+        assert other.data.tags["optuna_trial_number"] == "2" and out["trial2"]["best"] == (study.best_trial.number == 2)
+        assert other.data.metrics["trial_val_accuracy"] == pytest.approx(study.trials[2].value)
+        assert ("study_best_val_accuracy" in other.data.metrics) == out["trial2"]["best"]
+        assert out["pruned"] == "study 'tiny' has no complete trial 1; its complete trials: 0, 2"
         assert run.data.metrics["study_best_val_accuracy"] == pytest.approx(study.best_value)
         assert run.data.metrics["test_accuracy"] == pytest.approx(result["test_accuracy"])
         best = best_child.data.params

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from galmorph import __version__, tracking
-from galmorph.core import calibration
+from galmorph.core import calibration, stats
 from galmorph.tracking import figures as plots
 from galmorph.workflows.multiseed import aggregate
 from galmorph.workflows.report.collect import Group, copy_explain, matches, references, slug, source_name, stem
@@ -33,6 +33,7 @@ def build(groups: list[Group], client, fig_dir: Path, cfg: ReportConfig, n_runs:
     for g in groups:
         by_classes.setdefault((stem(g.dataset), g.class_names), []).append(g)
     blocks += accuracy_section(groups, refs)
+    blocks += ablation_section(groups)
     blocks += recall_section(by_classes)
     blocks += confusion_section(by_classes, fig_dir)
     blocks += curves_section(groups, client, fig_dir)
@@ -58,16 +59,19 @@ def accuracy_section(groups: list[Group], refs: dict) -> list[tuple]:
     """Test accuracy with its expected calibration error (temperature-scaled, and as trained;
     galmorph.core.calibration), balanced accuracy and macro F1 per group next to the matching
     references."""
+    recipes = any(g.variant for g in groups)
     rows = []
     for g in groups:
         m = g.metrics()
-        rows.append([stem(g.dataset), g.scheme, g.kind, g.model, g.backend, f"{len(g.runs)} ({','.join(g.seeds())})",
+        rows.append([stem(g.dataset), g.scheme, g.kind, g.model, g.backend, *([g.variant or "-"] if recipes else []),
+                     f"{len(g.runs)} ({','.join(g.seeds())})",
                      _pm(m, "test_accuracy"), _pm(m, "test_ece", 3), _pm(m, "test_ece_uncalibrated", 3),
                      _pm(m, "test_balanced_accuracy"), _pm(m, "test_macro_f1"),
                      "; ".join(_ref_text(refs, r) for r in matches(refs, "paper", g)) or "-",
                      "; ".join(_ref_text(refs, r) for r in matches(refs, "phys449", g)) or "-"])
     blocks: list[tuple] = [("h2", "Test accuracy"),
-                           ("table", ["dataset", "scheme", "kind", "model", "backend", "runs (seeds)", "test accuracy",
+                           ("table", ["dataset", "scheme", "kind", "model", "backend", *(["recipe"] if recipes else []),
+                                      "runs (seeds)", "test accuracy",
                                       "ECE", "ECE uncalibrated", "balanced accuracy", "macro F1", "paper", "PHYS449"],
                             rows),
                            ("p", f"ECE: expected calibration error of the test probabilities in "
@@ -81,6 +85,58 @@ def accuracy_section(groups: list[Group], refs: dict) -> list[tuple]:
                             "arg-max: " + "; ".join(f"{g.label} {stem(g.dataset)} {g.scheme}: greedy "
                                                    f"{_pm(g.metrics(), 'test_greedy_accuracy')}" for g in hier) + "."))
     return blocks
+
+
+ABLATION_METRICS = (("test_accuracy", "test accuracy"), ("test_balanced_accuracy", "balanced accuracy"),
+                    ("test_tta_accuracy", "accuracy, 40 views"), ("test_tta_balanced_accuracy", "balanced, 40 views"))
+
+
+def ablation_section(groups: list[Group]) -> list[tuple]:
+    """Where one dataset x scheme x network x backend has runs of several recipes: a table of
+    each recipe (named by what it changes from the reference recipe, collect.name_recipes)
+    with mean +- std over seeds and its gain over the reference, paired by seed
+    (galmorph.core.stats), in points."""
+    families: dict[tuple, list[Group]] = {}
+    for g in groups:
+        families.setdefault(g.family, []).append(g)
+    blocks: list[tuple] = []
+    for members in families.values():
+        if len(members) < 2:
+            continue
+        ref = next(g for g in members if g.reference)
+        rows = []
+        for g in sorted(members, key=lambda g: not g.reference):
+            m = g.metrics()
+            gains = []
+            for key in ("test_accuracy", "test_balanced_accuracy"):
+                gain = None if g.reference else stats.paired_gain(_by_seed(ref, key), _by_seed(g, key))
+                gains.append(gain.text() if gain else "-")
+            rows.append([g.variant + (" (reference)" if g.reference and g.variant != "reference" else ""),
+                         f"{len(g.runs)} ({','.join(g.seeds())})", *[_pm(m, k) for k, _ in ABLATION_METRICS], *gains])
+        g0 = members[0]
+        blocks += [("h3", f"{stem(g0.dataset)} {g0.scheme}: {g0.model} {g0.backend}"),
+                   ("table", ["recipe", "runs (seeds)", *[label for _, label in ABLATION_METRICS],
+                              "gain in accuracy (points)", "gain in balanced accuracy (points)"], rows)]
+        tta = [stats.paired_gain(_by_seed(ref, plain), _by_seed(ref, f"test_tta_{plain[5:]}"))
+               for plain in ("test_accuracy", "test_balanced_accuracy")]
+        if all(tta):
+            blocks.append(("p", f"40 views against one, on the reference's own weights: {tta[0].text()} points of "
+                                f"accuracy, {tta[1].text()} of balanced accuracy."))
+    if not blocks:
+        return []
+    return [("h2", "Recipe ablation"),
+            ("p", "Runs of one dataset, scheme, network and backend with different training recipes (the "
+                  "presettable settings, docs/parameters.md). Each recipe is named by its preset or by the "
+                  "settings it changes from the reference: the `paper` preset where it ran, else the recipe "
+                  "the others each change least. Gain: the mean over the seeds both recipes ran of the "
+                  "per-seed difference, +- its standard error; it holds where it exceeds two standard errors "
+                  "over at least 3 seeds. 40 views: test-time augmentation, the mean probability over the "
+                  "40 views of each test galaxy (`--tta`).")] + blocks
+
+
+def _by_seed(g: Group, key: str) -> dict:
+    """{seed: value of metric `key`} of `g`'s runs (the newest run of a repeated seed)."""
+    return {r.data.params.get("seed", "?"): r.data.metrics[key] for r in g.runs if key in r.data.metrics}
 
 
 def recall_section(by_classes: dict[tuple, list[Group]]) -> list[tuple]:

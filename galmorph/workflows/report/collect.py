@@ -1,5 +1,14 @@
 """What the report reads: finished runs from MLflow, kept as unit runs, grouped by dataset x
-scheme x model x backend with their class reports, and the reference numbers they match."""
+scheme x model x backend x training recipe with their class reports, and the reference
+numbers they match.
+
+A recipe is the values of the presettable training settings (experiments/presets.yaml; not
+`tta`, which evaluates the same weights), read from the run's parameters; a setting a run
+did not log (it predates the setting) counts as its built-in default. Where one dataset x
+scheme x model x backend has runs of several recipes (an ablation), one recipe is its
+reference: the `paper` preset's where present, else the recipe with the fewest settings
+changed to reach all the others (the baseline of a one-at-a-time ablation). Each group is
+then named by its preset, or by what it changes from the reference."""
 
 from __future__ import annotations
 
@@ -11,6 +20,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from galmorph import presets
+from galmorph.config import TrainConfig, settings_of
 from galmorph.core.errors import GalmorphError
 from galmorph.core.paths import load_yaml
 from galmorph.tracking.tags import GROUP, KIND, ROLE
@@ -32,15 +43,24 @@ class Group:
     class_names: tuple[str, ...]
     runs: list = field(default_factory=list)
     reports: list = field(default_factory=list)
+    recipe: tuple = ()  # ((setting, value), ...) sorted by setting
+    variant: str = ""  # the recipe's name where its family has several (name_recipes), else ""
+    reference: bool = False  # the recipe the family's others are compared with
+
+    @property
+    def family(self) -> tuple:
+        """dataset, scheme, model, backend and classes: the groups an ablation compares."""
+        return (self.dataset, self.scheme, self.model, self.backend, self.class_names)
 
     @property
     def label(self) -> str:
-        return f"{self.model} {self.backend}"
+        return f"{self.model} {self.backend}" + (f" [{self.variant}]" if self.variant else "")
 
     @property
     def slug(self) -> str:
         """A file-name-safe name, unique per group of one report."""
-        return slug(f"{stem(self.dataset)}-{self.scheme}-{self.model}-{self.backend}")
+        return slug(f"{stem(self.dataset)}-{self.scheme}-{self.model}-{self.backend}" +
+                    (f"-{self.variant}" if self.variant else ""))
 
     def metrics(self) -> dict:
         """Mean and std over the runs of every metric (`multiseed.aggregate`)."""
@@ -113,14 +133,75 @@ def group(runs, client, scratch: Path) -> list[Group]:
         tags = r.data.tags
         report = _class_report(client, r, scratch)
         names = tuple(report["class_names"]) if report else tuple(r.data.params.get("class_names", "").split(","))
-        key = tuple(tags[k] for k in GROUP) + (names,)
+        recipe = recipe_of(r.data.params)
+        key = tuple(tags[k] for k in GROUP) + (names, recipe)
         if key not in groups:
             groups[key] = Group(tags["dataset"], tags["scheme"], tags["model"], tags["backend"],
-                                kind_of(tags["scheme"], names), names)
+                                kind_of(tags["scheme"], names), names, recipe=recipe)
         groups[key].runs.append(r)
         groups[key].reports.append(report)
+    name_recipes(list(groups.values()))
     order = {"flat": 0, "hierarchy": 1, "pair": 2, "node": 3}
-    return sorted(groups.values(), key=lambda g: (stem(g.dataset), order[g.kind], g.scheme, g.model, g.backend))
+    return sorted(groups.values(), key=lambda g: (stem(g.dataset), order[g.kind], g.scheme, g.model, g.backend,
+                                                  not g.reference, g.variant))
+
+
+# ------------------------------------------------------------------------------ recipes
+RECIPE = {s.name: s for s in settings_of(TrainConfig) if s.presettable and s.name != "tta"}
+
+
+def _typed(setting, value):
+    if setting.type is bool:
+        return str(value).strip().lower() in ("true", "1", "yes")
+    if setting.type in (int, float):
+        try:
+            return float(value)  # "30" and "30.0", "0.0002" and "2e-4" alike
+        except (TypeError, ValueError):
+            return str(value)
+    return str(value)
+
+
+def recipe_of(params: dict) -> tuple:
+    """The run's recipe from its logged parameters (missing ones: the built-in default)."""
+    return tuple(sorted((name, _typed(s, params.get(name, s.default))) for name, s in RECIPE.items()))
+
+
+def _preset_recipe(name: str, model: str) -> tuple | None:
+    try:
+        given = presets.values(name, model)
+    except GalmorphError:
+        return None
+    return recipe_of({**{n: s.default for n, s in RECIPE.items()}, **given})
+
+
+def _changes(recipe: tuple, reference: tuple) -> list[str]:
+    ref = dict(reference)
+    return [f"{k} {_show(v)}" for k, v in recipe if ref.get(k) != v]
+
+
+def _show(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def name_recipes(groups: list[Group]) -> None:
+    """Set `variant` and `reference` of groups whose family has more than one recipe."""
+    families: dict[tuple, list[Group]] = {}
+    for g in groups:
+        families.setdefault(g.family, []).append(g)
+    for members in families.values():
+        if len(members) < 2:
+            continue
+        model = members[0].model
+        named = {}
+        for preset in presets.names():
+            recipe = _preset_recipe(preset, model)
+            named.setdefault(recipe, f"preset {preset}")
+        paper = _preset_recipe("paper", model)
+        ref = next((g for g in members if g.recipe == paper), None) or min(
+            members, key=lambda g: (sum(len(_changes(g.recipe, o.recipe)) for o in members), -len(g.runs)))
+        for g in members:
+            g.reference = g is ref
+            g.variant = named.get(g.recipe) or ", ".join(_changes(g.recipe, ref.recipe)) or "reference"
 
 
 def _class_report(client, run, scratch: Path) -> dict | None:

@@ -1,4 +1,4 @@
-"""`retrain(RetrainConfig)`: the best trial of a study, trained on train+validation for a fixed
+"""`retrain(RetrainConfig)`: the best trial of a study (or the one named), trained on train+validation for a fixed
 number of epochs and evaluated once on the test split, which no trial decision has used."""
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ def retrain(config: RetrainConfig) -> dict:
 
     The split is the study's (same seed, fractions, max_images), so the test images are the
     ones no trial decision used. Early stopping is off: the run trains a fixed number of
-    epochs (the best trial's best epoch + 1 unless given) and logs `study_best_val_accuracy`
+    epochs (the trial's best epoch + 1 unless given) and logs `trial_val_accuracy` (and, for
+    the best trial, `study_best_val_accuracy`)
     beside its test metrics; its val_* metrics are measured on images it trained on (tag
     val_merged_into_train=true).
     """
@@ -28,7 +29,7 @@ def retrain(config: RetrainConfig) -> dict:
 
     model_registry.check_names(config.register_as, config.alias)  # before the study is opened
     storage_url = config.storage or DEFAULT_STORAGE
-    study, best = _best_trial(config.study_name, storage_url)
+    study, best = _best_trial(config.study_name, storage_url, config.trial)
     base_dict = dict(study.user_attrs.get("galmorph_base_config") or {})
     if not base_dict:
         raise GalmorphError(f"study {config.study_name!r} was not made by galmorph tune (no galmorph_base_config)")
@@ -52,22 +53,27 @@ def retrain(config: RetrainConfig) -> dict:
     started = []
     result = train.run(cfg, prepared=prepared, extra_tags=tags, started=started.append)
     run_id = started[0]
-    mlflow.MlflowClient().log_metric(run_id, "study_best_val_accuracy", float(best.value))
-    out = {"study_name": config.study_name, "best_trial": best.number, "study_best_val_accuracy": float(best.value),
+    is_best = config.trial < 0 or best.number == study.best_trial.number
+    mlflow.MlflowClient().log_metric(run_id, "trial_val_accuracy", float(best.value))
+    if is_best:
+        mlflow.MlflowClient().log_metric(run_id, "study_best_val_accuracy", float(best.value))
+    out = {"study_name": config.study_name, "trial": best.number, "best": is_best,
+           "trial_val_accuracy": float(best.value),
            "test_accuracy": float(result["test_accuracy"]), "epochs": epochs, "run_id": run_id,
            "n_train": int(prepared.split.train.size)}
     with contextlib.suppress(Exception):
-        study.set_user_attr("retrain", out)
+        study.set_user_attr("retrain" if is_best else f"retrain_trial_{best.number}", out)
     print(f"retrained trial {best.number} of {config.study_name} for {epochs} epochs on train+validation: "
-          f"study val accuracy {best.value:.4f}, test accuracy {out['test_accuracy']:.4f} (run {run_id})")
+          f"{'best ' if is_best else ''}trial's val accuracy {best.value:.4f}, test accuracy {out['test_accuracy']:.4f} (run {run_id})")
     registered = model_registry.summary_line(mlflow.MlflowClient().get_run(run_id).data.tags)
     if registered:
         print(registered)
     return out
 
 
-def _best_trial(study_name: str, storage_url: str):
-    """(study, its best trial); a one-line GalmorphError when there is no such study or no complete trial."""
+def _best_trial(study_name: str, storage_url: str, number: int = -1):
+    """(study, its best trial, or trial `number` when >= 0); a one-line GalmorphError when there
+    is no such study, or no such complete trial."""
     optuna = quiet_optuna()
     if not study_name:
         raise GalmorphError("retrain needs --study-name (and --storage where the study is not in the default)")
@@ -78,6 +84,13 @@ def _best_trial(study_name: str, storage_url: str):
         names = optuna.study.get_all_study_names(storage)
         raise GalmorphError(f"no study {study_name!r} in {redact(storage_url)}; it has: "
                             f"{', '.join(names) or 'none'}") from None
+    if number >= 0:
+        done = {t.number: t for t in study.get_trials(deepcopy=False)
+                if t.state == optuna.trial.TrialState.COMPLETE}
+        if number not in done:
+            raise GalmorphError(f"study {study_name!r} has no complete trial {number}; its complete trials: "
+                                f"{', '.join(map(str, sorted(done))) or 'none'}")
+        return study, done[number]
     try:
         return study, study.best_trial
     except ValueError:
