@@ -6,6 +6,7 @@ Everything here is backend-neutral: the backend only builds, fits and predicts.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -97,26 +98,24 @@ def _hand_over_launcher_run(run_id: str) -> None:
 
 
 def _log_checkpoint(run_id: str, finished: bool) -> None:
-    """Log the run's last checkpoint to its artifacts (checkpoint/), so that it can be resumed on
-    another machine; a FINISHED run's local copy is then removed. Best effort for a failing run."""
+    """A FAILED run's last checkpoint goes to its artifacts (checkpoint/), so that it can be
+    resumed on another machine (best effort). A FINISHED run cannot be resumed: its local
+    checkpoints are removed, not logged (they are about twice the model's size)."""
     import shutil
 
     from galmorph.core import interrupts
 
+    if finished:
+        shutil.rmtree(checkpoints.run_folder(run_id), ignore_errors=True)
+        return
     folder = checkpoints.latest(checkpoints.run_folder(run_id))
     if folder is None:
         return
-    try:
+    with contextlib.suppress(Exception):
         import mlflow
 
         with interrupts.held():  # no half-copied checkpoint among the artifacts
             mlflow.log_artifacts(str(folder), checkpoints.ARTIFACT_PATH)
-    except Exception:
-        if finished:
-            raise
-        return
-    if finished:
-        shutil.rmtree(checkpoints.run_folder(run_id), ignore_errors=True)
 
 
 def _epoch_log(mlflow):

@@ -105,9 +105,9 @@ def test_a_run_killed_after_epoch_2_resumes_to_the_uninterrupted_result(backend,
     # the final (best-epoch) weights: the same probabilities for every test galaxy
     pd.testing.assert_frame_equal(_predictions(client, run_id, tmp_path / "a"),
                                   _predictions(client, whole_run.info.run_id, tmp_path / "b"), check_exact=True)
-    logged = {a.path for a in client.list_artifacts(run_id, "checkpoint")}
-    assert {"checkpoint/state", "checkpoint/best", "checkpoint/manifest.json"} <= logged
-    assert not (cache / "checkpoints" / run_id).exists()  # a FINISHED run's local copy is removed
+    # a FINISHED run cannot be resumed: its checkpoints are removed, not logged
+    assert not (cache / "checkpoints" / run_id).exists()
+    assert not client.list_artifacts(run_id, "checkpoint")
     assert not client.list_artifacts(whole_run.info.run_id, "checkpoint")
 
     with pytest.raises(GalmorphError, match=f"run {run_id} is FINISHED"):

@@ -24,11 +24,13 @@ WORKER = "galmorph_worker:"  # study user attr of one worker: WORKER + its MLflo
 
 
 def quiet_optuna():
-    """optuna, with its ExperimentalWarning silenced: heartbeats and TPE's multivariate options,
-    which galmorph relies on, are experimental in Optuna."""
+    """optuna, with its ExperimentalWarning silenced (heartbeats and TPE's multivariate options,
+    which galmorph relies on, are experimental in Optuna) and its INFO log lines ("A new study
+    created in RDB ...") left out: galmorph prints its own line about the study."""
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 
 
