@@ -296,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
              "--study-name and --storage to continue a study, or start several workers on one PostgreSQL storage. "
              "The training flags set what every trial starts from; the search space overrides some of them.")
     _command(sub, "retrain", RetrainConfig, cmd_retrain, "train a study's best trial on train+validation and test it once",
-             "Retrain the best trial of an Optuna study on train+validation for a fixed number of epochs, then "
-             "evaluate once on the study's untouched test split.")
+             "Retrain the best trial of an Optuna study (or --trial N; 0 is the base configuration) on "
+             "train+validation for a fixed number of epochs, then evaluate once on the study's untouched test split.")
 
     data = sub.add_parser("data", help="download, generate, prepare and inspect datasets", description="Dataset utilities.",
                           allow_abbrev=False)
@@ -336,9 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
              "One network per node of the tree, as nested runs; the combined classifier is evaluated on the flat "
              "scheme's test split. --seeds N repeats it as a multi-seed group.")
     _command(sub, "report", ReportConfig, cmd_report, "write the reproduction report (Markdown + HTML) from MLflow runs",
-             "Read finished runs, group them by dataset, scheme, model and backend, and write accuracy over seeds "
-             "next to the paper's and PHYS449's numbers, per-class recall, confusion matrices, learning curves, "
-             "timings and saliency figures.")
+             "Read finished runs, group them by dataset, scheme, model, backend and training recipe, and write "
+             "accuracy over seeds next to the paper's and PHYS449's numbers (each with its source), the recipe "
+             "ablation where one network was trained with several recipes, per-class recall, confusion matrices, "
+             "learning curves, timings and saliency figures.")
     _command(sub, "explain", ExplainConfig, cmd_explain, "feature maps and Grad-CAM of a logged run's model, added to that run",
              "Load a finished run's model, config and split, and log feature maps of the first convolutions and "
              "Grad-CAM saliency of a few test galaxies per class under explain/.")

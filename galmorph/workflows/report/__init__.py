@@ -4,7 +4,7 @@
 e.g. `tags.dataset = 'synthetic'`), keeps the unit runs (single trainings, the children of
 multi-seed groups, hierarchical classifiers; not the multi-seed/sweep parents, reports or
 data preparations, and hierarchy nodes only on request), groups them by dataset x scheme x
-model x backend and writes, under `output/`:
+model x backend x training recipe (collect.name_recipes) and writes, under `output/`:
 
 - `report.md` and `report.html` (self-contained: figures embedded), written last and
   atomically, so a report never points at a missing figure;
@@ -12,7 +12,9 @@ model x backend and writes, under `output/`:
   side by side, timing per backend, and saliency figures copied from runs that have them.
 
 Sections: test accuracy (mean and std over seeds, `galmorph.workflows.multiseed.aggregate`) next to
-the paper's and the PHYS449 reproduction's numbers (experiments/paper.yaml); per-class
+the paper's and the PHYS449 reproduction's numbers (experiments/paper.yaml); the recipe
+ablation (where one network ran with several recipes: gains over the reference recipe,
+paired by seed); per-class
 recall; confusion matrices; learning curves; time per epoch per backend; feature maps and
 Grad-CAM; the reference numbers with their sources; the runs used. Everything is logged as
 artifacts (under `report/`) of a run tagged `galmorph.kind=report`.
