@@ -10,7 +10,9 @@ An ingredient "holds" where its mean gain exceeds two standard errors over at le
 (galmorph.core.stats, which `galmorph report` uses for its ablation table too).
 
 Runs already FINISHED in the experiment (found by run name) are not run again, so an
-interrupted sweep continues where it stopped, and `--table-only` reprints the table.
+interrupted sweep continues where it stopped, and `--table-only` reprints the table. The
+baseline's runs get the tag galmorph.recipe_reference=true, so that `galmorph report
+--experiments ablation` compares every recipe with the baseline too.
 
 Usage:
   python benchmarks/ablation.py --data ../shared/data/gz2_zhu5_sample.h5 --backend torch --seeds 0,1,2
@@ -34,6 +36,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 from galmorph.core import stats  # noqa: E402
+from galmorph.workflows.report.collect import REFERENCE_TAG  # noqa: E402
 
 METRICS = ("test_accuracy", "test_balanced_accuracy", "test_tta_accuracy", "test_tta_balanced_accuracy")
 
@@ -64,13 +67,13 @@ def run_name(name: str, backend: str, seed: int) -> str:
     return f"ablation-{name}-{backend}-s{seed}"
 
 
-def finished(client, experiment_id: str | None, name: str) -> dict | None:
-    """The metrics of the newest FINISHED run called `name`, or None."""
+def finished(client, experiment_id: str | None, name: str):
+    """The newest FINISHED run called `name`, or None."""
     if experiment_id is None:
         return None
     runs = client.search_runs([experiment_id], f"attributes.run_name = '{name}' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=1)
-    return dict(runs[0].data.metrics) if runs else None
+    return runs[0] if runs else None
 
 
 def sweep(args, configs: dict[str, dict]) -> dict[tuple[str, int], dict]:
@@ -92,7 +95,9 @@ def sweep(args, configs: dict[str, dict]) -> dict[tuple[str, int], dict]:
                 experiment = client.get_experiment_by_name(args.experiment)
                 done = finished(client, experiment.experiment_id if experiment else None, key)
             if done is not None:
-                results[(name, seed)] = done
+                results[(name, seed)] = dict(done.data.metrics)
+                if name == "baseline" and done.data.tags.get(REFERENCE_TAG) != "true":
+                    client.set_tag(done.info.run_id, REFERENCE_TAG, "true")  # the report's reference recipe
     return results
 
 

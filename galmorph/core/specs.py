@@ -187,3 +187,20 @@ def _too_small(name, input_shape, detail, explain, options) -> GalmorphError:
         f"input {h}x{w} is too small for {name} ({detail}); {name} needs at least "
         f"{need}x{need}: use larger images or a larger crop_fraction"
     )
+
+
+def sentinel_values(name: str) -> dict:
+    """What network `name` uses for the settings a run may leave to it: {"dropout": rate,
+    "dense_units": units, "batchnorm": "true"/"false"}, each only where one value covers
+    every such layer (the values `-1`, `0` and `default` of TrainConfig stand for)."""
+    spec, opts = _options(name, {})
+    out: dict = {}
+    rates = {layer["rate"] for layer in spec["layers"] if layer["type"] == "dropout"}
+    units = {layer["units"] for layer in spec["layers"] if layer["type"] == "dense"}
+    if len(rates) == 1:
+        out["dropout"] = float(rates.pop())
+    if len(units) == 1:
+        out["dense_units"] = float(units.pop())
+    if "batchnorm" in opts:
+        out["batchnorm"] = "true" if opts["batchnorm"] else "false"
+    return out

@@ -14,12 +14,26 @@ import numpy as np
 
 from galmorph import backends, presets, tracking
 from galmorph.config import TrainConfig
-from galmorph.core import calibration, checkpoints, metrics, progress, specs, system, training
+from galmorph.core import (
+    calibration,
+    checkpoints,
+    metrics,
+    progress,
+    specs,
+    system,
+    training,
+)
 from galmorph.data import augment, registry
 from galmorph.tracking import artifacts, liveness, model_registry, tags
 from galmorph.tracking import figures as plots
 from galmorph.workflows import explain, finetune, resume
-from galmorph.workflows.prepare import Prepared, check_data_settings, hyper_from, prepare, train_stream
+from galmorph.workflows.prepare import (
+    Prepared,
+    check_data_settings,
+    hyper_from,
+    prepare,
+    train_stream,
+)
 
 
 def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, nested: bool = False,
@@ -176,7 +190,9 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
     if after_fit is not None:
         after_fit(backend, model, prepared)
     if config.log_model:
-        from galmorph.inference import pyfunc  # imports mlflow.pyfunc: only where a model is logged
+        from galmorph.inference import (
+            pyfunc,  # imports mlflow.pyfunc: only where a model is logged
+        )
 
         uri = pyfunc.log_run_model(backend, model, config, prepared, temperature, active.info.run_id)
         mlflow.set_tag(tags.MODEL_URI, uri)

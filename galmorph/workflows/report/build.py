@@ -17,7 +17,16 @@ from galmorph import __version__, tracking
 from galmorph.core import calibration, stats
 from galmorph.tracking import figures as plots
 from galmorph.workflows.multiseed import aggregate
-from galmorph.workflows.report.collect import Group, copy_explain, matches, references, slug, source_name, stem
+from galmorph.workflows.report.collect import (
+    Group,
+    copy_explain,
+    matches,
+    references,
+    same_split,
+    slug,
+    source_name,
+    stem,
+)
 from galmorph.workflows.report.config import ReportConfig
 
 
@@ -93,9 +102,10 @@ ABLATION_METRICS = (("test_accuracy", "test accuracy"), ("test_balanced_accuracy
 
 def ablation_section(groups: list[Group]) -> list[tuple]:
     """Where one dataset x scheme x network x backend has runs of several recipes: a table of
-    each recipe (named by what it changes from the reference recipe, collect.name_recipes)
-    with mean +- std over seeds and its gain over the reference, paired by seed
-    (galmorph.core.stats), in points."""
+    each recipe (named by its preset or by what it changes from the reference recipe,
+    collect.name_recipes) with mean +- std over seeds and its gain over the reference, in
+    points: paired by seed where both test on the same galaxies (galmorph.core.stats), else
+    the difference of the means. A seed run more than once counts once, with its mean."""
     families: dict[tuple, list[Group]] = {}
     for g in groups:
         families.setdefault(g.family, []).append(g)
@@ -106,16 +116,19 @@ def ablation_section(groups: list[Group]) -> list[tuple]:
         ref = next(g for g in members if g.reference)
         rows = []
         for g in sorted(members, key=lambda g: not g.reference):
-            m = g.metrics()
-            gains = []
-            for key in ("test_accuracy", "test_balanced_accuracy"):
-                gain = None if g.reference else stats.paired_gain(_by_seed(ref, key), _by_seed(g, key))
-                gains.append(gain.text() if gain else "-")
+            cells = []
+            for key, _ in ABLATION_METRICS:
+                values = list(_by_seed(g, key).values())
+                cells.append(_pm({f"{key}_mean": float(np.mean(values)),
+                                  f"{key}_std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                                  "n_seeds": len(values)}, key) if values else "-")
+            gains = [_gain(ref, g, key) for key in ("test_accuracy", "test_balanced_accuracy")]
+            seeds = sorted(_by_seed(g, "test_accuracy"), key=_seed_order)
             rows.append([g.variant + (" (reference)" if g.reference and g.variant != "reference" else ""),
-                         f"{len(g.runs)} ({','.join(g.seeds())})", *[_pm(m, k) for k, _ in ABLATION_METRICS], *gains])
+                         f"{len(seeds)} ({','.join(seeds)})", *cells, *gains])
         g0 = members[0]
         blocks += [("h3", f"{stem(g0.dataset)} {g0.scheme}: {g0.model} {g0.backend}"),
-                   ("table", ["recipe", "runs (seeds)", *[label for _, label in ABLATION_METRICS],
+                   ("table", ["recipe", "seeds", *[label for _, label in ABLATION_METRICS],
                               "gain in accuracy (points)", "gain in balanced accuracy (points)"], rows)]
         tta = [stats.paired_gain(_by_seed(ref, plain), _by_seed(ref, f"test_tta_{plain[5:]}"))
                for plain in ("test_accuracy", "test_balanced_accuracy")]
@@ -126,17 +139,39 @@ def ablation_section(groups: list[Group]) -> list[tuple]:
         return []
     return [("h2", "Recipe ablation"),
             ("p", "Runs of one dataset, scheme, network and backend with different training recipes (the "
-                  "presettable settings, docs/parameters.md). Each recipe is named by its preset or by the "
-                  "settings it changes from the reference: the `paper` preset where it ran, else the recipe "
-                  "the others each change least. Gain: the mean over the seeds both recipes ran of the "
-                  "per-seed difference, +- its standard error; it holds where it exceeds two standard errors "
-                  "over at least 3 seeds. 40 views: test-time augmentation, the mean probability over the "
-                  "40 views of each test galaxy (`--tta`).")] + blocks
+                  "presettable settings of docs/parameters.md but `tta`, and the settings that change the data). "
+                  "Each recipe is named by its preset or by the settings it changes from the reference: the "
+                  "recipe tagged galmorph.recipe_reference (benchmarks/ablation.py's baseline), else the "
+                  "`paper`, `recommended` or `none` preset where it ran, else the recipe the others each "
+                  "change least. Gain: the mean over the seeds both recipes ran of the per-seed difference "
+                  "+- its standard error (a seed fixes the split, the augmentation order and the initial "
+                  "weights); it holds where it exceeds two standard errors over at least 3 seeds. Recipes "
+                  "that test on other galaxies (other split fractions or data settings) show the difference "
+                  "of their means instead, marked unpaired. 40 views: test-time augmentation, the mean "
+                  "probability over the 40 views of each test galaxy (`--tta`).")] + blocks
+
+
+def _gain(ref: Group, g: Group, key: str) -> str:
+    if g is ref:
+        return "-"
+    if same_split(ref, g):
+        gain = stats.paired_gain(_by_seed(ref, key), _by_seed(g, key))
+    else:
+        gain = stats.unpaired_gain(list(_by_seed(ref, key).values()), list(_by_seed(g, key).values()))
+    return gain.text() if gain else "-"
 
 
 def _by_seed(g: Group, key: str) -> dict:
-    """{seed: value of metric `key`} of `g`'s runs (the newest run of a repeated seed)."""
-    return {r.data.params.get("seed", "?"): r.data.metrics[key] for r in g.runs if key in r.data.metrics}
+    """{seed: value of metric `key`} of `g`'s runs; the mean where a seed ran more than once."""
+    values: dict[str, list[float]] = {}
+    for r in g.runs:
+        if key in r.data.metrics:
+            values.setdefault(r.data.params.get("seed", "?"), []).append(r.data.metrics[key])
+    return {seed: float(np.mean(v)) for seed, v in values.items()}
+
+
+def _seed_order(seed: str):
+    return (0, int(seed)) if seed.isdigit() else (1, seed)
 
 
 def recall_section(by_classes: dict[tuple, list[Group]]) -> list[tuple]:

@@ -2,16 +2,23 @@
 scheme x model x backend x training recipe with their class reports, and the reference
 numbers they match.
 
-A recipe is the values of the presettable training settings (experiments/presets.yaml; not
-`tta`, which evaluates the same weights), read from the run's parameters; a setting a run
-did not log (it predates the setting) counts as its built-in default. Where one dataset x
-scheme x model x backend has runs of several recipes (an ablation), one recipe is its
-reference: the `paper` preset's where present, else the recipe with the fewest settings
-changed to reach all the others (the baseline of a one-at-a-time ablation). Each group is
-then named by its preset, or by what it changes from the reference."""
+A recipe is what a run trained with beyond its network and data set: the presettable
+settings (experiments/presets.yaml), except `tta`, which evaluates the same weights, plus
+the settings that change the data or the starting weights (max_images, image_size,
+init_from, ...). They are read from the run's parameters; a setting the run did not log
+(it predates the setting) counts as its built-in default, and a value that stands for the
+network's own (dropout -1, dense_units 0, batchnorm default) as that value.
+
+Where one dataset x scheme x model x backend has runs of several recipes (an ablation), one
+recipe is its reference: the one whose runs carry the tag `galmorph.recipe_reference=true`
+(benchmarks/ablation.py sets it on its baseline), else the `paper`, `recommended` or `none`
+preset's, in that order, else the recipe with the fewest settings changed to reach all the
+others. Each recipe is then named by its preset, or by what it changes from the reference
+(the reference itself, without a preset, by what it changes from `recommended`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -22,6 +29,7 @@ from pathlib import Path
 
 from galmorph import presets
 from galmorph.config import TrainConfig, settings_of
+from galmorph.core import specs
 from galmorph.core.errors import GalmorphError
 from galmorph.core.paths import load_yaml
 from galmorph.tracking.tags import GROUP, KIND, ROLE
@@ -32,8 +40,8 @@ SKIP_KINDS = ("multiseed", "sweep", "report", "prepare")
 
 @dataclass
 class Group:
-    """The unit runs of one dataset x scheme x model x backend x class set; `reports[i]` is
-    the classification_report.json of `runs[i]`, or None where the run has none."""
+    """The unit runs of one dataset x scheme x model x backend x class set x recipe;
+    `reports[i]` is the classification_report.json of `runs[i]`, or None where the run has none."""
 
     dataset: str
     scheme: str
@@ -59,8 +67,11 @@ class Group:
     @property
     def slug(self) -> str:
         """A file-name-safe name, unique per group of one report."""
-        return slug(f"{stem(self.dataset)}-{self.scheme}-{self.model}-{self.backend}" +
-                    (f"-{self.variant}" if self.variant else ""))
+        text = f"{stem(self.dataset)}-{self.scheme}-{self.model}-{self.backend}"
+        if not self.variant:
+            return slug(text)
+        digest = hashlib.sha256(repr(self.recipe).encode()).hexdigest()[:8]  # unique however long the name
+        return slug(f"{text}-{self.variant}")[:100] + f"-{digest}"
 
     def metrics(self) -> dict:
         """Mean and std over the runs of every metric (`multiseed.aggregate`)."""
@@ -112,6 +123,8 @@ def units(runs, include_nodes: bool = False) -> list:
             continue
         if tags.get(ROLE) == "hierarchy_node" and not include_nodes:
             continue
+        if tags.get(ROLE) in ("trial", "fold"):  # a study's trials: their test split waits for `retrain`
+            continue
         out.append(r)
     return out
 
@@ -126,14 +139,15 @@ def kind_of(scheme: str, class_names) -> str:
 
 
 def group(runs, client, scratch: Path) -> list[Group]:
-    """Group unit runs by dataset, scheme, model and backend; read each run's class report
-    (downloaded under `scratch`). Sorted by dataset, then flat, hierarchy, pair, node."""
+    """Group unit runs by dataset, scheme, model, backend, classes and recipe; read each run's
+    class report (downloaded under `scratch`). Sorted by dataset, then flat, hierarchy, pair,
+    node, then the reference recipe first."""
     groups: dict[tuple, Group] = {}
     for r in runs:
         tags = r.data.tags
         report = _class_report(client, r, scratch)
         names = tuple(report["class_names"]) if report else tuple(r.data.params.get("class_names", "").split(","))
-        recipe = recipe_of(r.data.params)
+        recipe = recipe_of(r.data.params, tags["model"])
         key = tuple(tags[k] for k in GROUP) + (names, recipe)
         if key not in groups:
             groups[key] = Group(tags["dataset"], tags["scheme"], tags["model"], tags["backend"],
@@ -143,11 +157,18 @@ def group(runs, client, scratch: Path) -> list[Group]:
     name_recipes(list(groups.values()))
     order = {"flat": 0, "hierarchy": 1, "pair": 2, "node": 3}
     return sorted(groups.values(), key=lambda g: (stem(g.dataset), order[g.kind], g.scheme, g.model, g.backend,
-                                                  not g.reference, g.variant))
+                                                  g.class_names, not g.reference, g.variant))
 
 
 # ------------------------------------------------------------------------------ recipes
-RECIPE = {s.name: s for s in settings_of(TrainConfig) if s.presettable and s.name != "tta"}
+_SETTINGS = {s.name: s for s in settings_of(TrainConfig)}
+# what the run trained with beyond network and data set (tta only evaluates the same weights) ...
+RECIPE = [s.name for s in _SETTINGS.values() if s.presettable and s.name != "tta"]
+# ... and what changes its data or starting weights
+DATA = ["max_images", "image_size", "split_file", "synthetic_n", "synthetic_noise", "init_from", "freeze"]
+# runs whose recipes differ in these only share their test galaxies seed by seed
+SPLIT = ["val_fraction", "test_fraction", *DATA]
+REFERENCE_TAG = "galmorph.recipe_reference"
 
 
 def _typed(setting, value):
@@ -161,9 +182,23 @@ def _typed(setting, value):
     return str(value)
 
 
-def recipe_of(params: dict) -> tuple:
-    """The run's recipe from its logged parameters (missing ones: the built-in default)."""
-    return tuple(sorted((name, _typed(s, params.get(name, s.default))) for name, s in RECIPE.items()))
+def recipe_of(params: dict, model: str) -> tuple:
+    """The recipe of a run of network `model` from its logged parameters (see the module docstring)."""
+    values = {name: _typed(_SETTINGS[name], params.get(name, _SETTINGS[name].default)) for name in RECIPE + DATA}
+    own = _sentinels(model)
+    for name, sentinel in (("dropout", -1.0), ("dense_units", 0.0), ("batchnorm", "default")):
+        if values.get(name) == sentinel and name in own:
+            values[name] = own[name]
+    if values.get("lr_schedule") == "constant":
+        values["warmup_epochs"] = 0.0  # no warm-up without a schedule (training.lr_at)
+    return tuple(sorted(values.items()))
+
+
+def _sentinels(model: str) -> dict:
+    try:
+        return specs.sentinel_values(model)
+    except GalmorphError:  # a network that architectures.yaml no longer has
+        return {}
 
 
 def _preset_recipe(name: str, model: str) -> tuple | None:
@@ -171,7 +206,7 @@ def _preset_recipe(name: str, model: str) -> tuple | None:
         given = presets.values(name, model)
     except GalmorphError:
         return None
-    return recipe_of({**{n: s.default for n, s in RECIPE.items()}, **given})
+    return recipe_of({**{n: _SETTINGS[n].default for n in RECIPE + DATA}, **given}, model)
 
 
 def _changes(recipe: tuple, reference: tuple) -> list[str]:
@@ -180,7 +215,15 @@ def _changes(recipe: tuple, reference: tuple) -> list[str]:
 
 
 def _show(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
+def same_split(a: Group, b: Group) -> bool:
+    """Do the runs of `a` and `b` of one seed test on the same galaxies (same data settings and fractions)?"""
+    ra, rb = dict(a.recipe), dict(b.recipe)
+    return all(ra.get(k) == rb.get(k) for k in SPLIT)
 
 
 def name_recipes(groups: list[Group]) -> None:
@@ -192,16 +235,20 @@ def name_recipes(groups: list[Group]) -> None:
         if len(members) < 2:
             continue
         model = members[0].model
-        named = {}
+        named: dict[tuple, str] = {}
         for preset in presets.names():
-            recipe = _preset_recipe(preset, model)
-            named.setdefault(recipe, f"preset {preset}")
-        paper = _preset_recipe("paper", model)
-        ref = next((g for g in members if g.recipe == paper), None) or min(
-            members, key=lambda g: (sum(len(_changes(g.recipe, o.recipe)) for o in members), -len(g.runs)))
+            named.setdefault(_preset_recipe(preset, model), f"preset {preset}")
+        by_recipe = {g.recipe: g for g in members}
+        tagged = [g for g in members if any(r.data.tags.get(REFERENCE_TAG) == "true" for r in g.runs)]
+        presets_ran = [by_recipe[r] for r in (_preset_recipe(p, model) for p in ("paper", "recommended", "none"))
+                       if r in by_recipe]
+        ref = (tagged or presets_ran or [min(members, key=lambda g: (
+            sum(len(_changes(g.recipe, o.recipe)) for o in members), -len(set(g.seeds()))))])[0]
+        recommended = _preset_recipe("recommended", model)
         for g in members:
             g.reference = g is ref
-            g.variant = named.get(g.recipe) or ", ".join(_changes(g.recipe, ref.recipe)) or "reference"
+            changes = ", ".join(_changes(g.recipe, recommended if g is ref else ref.recipe))
+            g.variant = named.get(g.recipe) or changes or "reference"
 
 
 def _class_report(client, run, scratch: Path) -> dict | None:

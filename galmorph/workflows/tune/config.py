@@ -100,11 +100,11 @@ class TuneConfig:
 class RetrainConfig:
     """Settings of `galmorph retrain`: the best trial of a study, trained on train+validation."""
 
-    study_name: str = option("", "the Optuna study to take the best trial from (required)")
+    study_name: str = option("", "the Optuna study to take the trial from (required)")
     trial: int = option(-1, "the trial to retrain: -1 the best; 0 the base configuration every study starts with, "
                             "to compare the two on the same test split")
     storage: str = option("", f"its Optuna storage URL (default: {DEFAULT_STORAGE})")
-    epochs: int = option(0, "epochs on train+validation (0 = the best trial's best epoch + 1, where its validation loss was lowest)")
+    epochs: int = option(0, "epochs on train+validation (0 = the trial's best epoch + 1, where its validation loss was lowest)")
     dataset: str = option("", "the dataset path, where it differs from the one the study recorded (same content required)")
     threads: int = option(0, "CPU threads for the framework (0 = all cores)")
     tta: bool = option(False, "also report test metrics averaged over the 40 views")

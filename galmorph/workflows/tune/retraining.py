@@ -11,7 +11,7 @@ from galmorph.core.errors import GalmorphError
 from galmorph.tracking import model_registry, redact
 from galmorph.tracking.tags import ROLE
 from galmorph.workflows import prepare, train
-from galmorph.workflows.tune.config import DEFAULT_STORAGE, RetrainConfig
+from galmorph.workflows.tune.config import BASELINE, DEFAULT_STORAGE, RetrainConfig
 from galmorph.workflows.tune.storage import open_storage, quiet_optuna
 
 
@@ -72,8 +72,9 @@ def retrain(config: RetrainConfig) -> dict:
 
 
 def _best_trial(study_name: str, storage_url: str, number: int = -1):
-    """(study, its best trial, or trial `number` when >= 0); a one-line GalmorphError when there
-    is no such study, or no such complete trial."""
+    """(study, its best trial, or trial `number` when >= 0: 0 is the base configuration,
+    wherever Optuna reran it); a one-line GalmorphError when there is no such study, or no
+    such complete trial."""
     optuna = quiet_optuna()
     if not study_name:
         raise GalmorphError("retrain needs --study-name (and --storage where the study is not in the default)")
@@ -85,12 +86,14 @@ def _best_trial(study_name: str, storage_url: str, number: int = -1):
         raise GalmorphError(f"no study {study_name!r} in {redact(storage_url)}; it has: "
                             f"{', '.join(names) or 'none'}") from None
     if number >= 0:
-        done = {t.number: t for t in study.get_trials(deepcopy=False)
-                if t.state == optuna.trial.TrialState.COMPLETE}
-        if number not in done:
+        done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+        # trial 0 is the base configuration; if its worker died, Optuna reran it under a new number
+        chosen = next((t for t in done if t.user_attrs.get(BASELINE)), None) if number == 0 else None
+        chosen = chosen or next((t for t in done if t.number == number), None)
+        if chosen is None:
             raise GalmorphError(f"study {study_name!r} has no complete trial {number}; its complete trials: "
-                                f"{', '.join(map(str, sorted(done))) or 'none'}")
-        return study, done[number]
+                                f"{', '.join(str(t.number) for t in done) or 'none'}")
+        return study, chosen
     try:
         return study, study.best_trial
     except ValueError:

@@ -25,13 +25,22 @@ WORKER = "galmorph_worker:"  # study user attr of one worker: WORKER + its MLflo
 
 def quiet_optuna():
     """optuna, with its ExperimentalWarning silenced (heartbeats and TPE's multivariate options,
-    which galmorph relies on, are experimental in Optuna) and its INFO log lines ("A new study
-    created in RDB ...") left out: galmorph prints its own line about the study."""
+    which galmorph relies on, are experimental in Optuna) and its "A new study created" line
+    left out (galmorph prints its own line about the study); its per-trial lines stay."""
+    import logging
+
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _NoStudyCreated) for f in handler.filters):
+            handler.addFilter(_NoStudyCreated())
     return optuna
+
+
+class _NoStudyCreated:
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith("A new study created")
 
 
 # what PostgreSQL and SQLite say when two workers create Optuna's schema at the same moment
