@@ -139,7 +139,8 @@ def class_weight(labels: np.ndarray, n_classes: int, power: float = 1.0) -> tupl
     present = counts > 0
     raw = np.zeros(n_classes)
     raw[present] = counts[present] ** -power
-    w = raw * labels.size / float(np.sum(counts * raw))
+    total = float(np.sum(counts * raw))
+    w = raw * labels.size / total if total > 0 else raw
     return tuple(float(x) for x in w)
 
 
