@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from galmorph import presets
 from galmorph.core import stats
 from galmorph.workflows.report import build, collect
 
@@ -26,7 +27,9 @@ class NoArtifacts:
         raise OSError("no artifacts in this test")
 
 
-BASE = {"epochs": "30", "learning_rate": "0.0002", "band": "g"}  # the rest: their built-in defaults
+# the recommended preset's settings, logged as strings (the others: their built-in defaults)
+BASE = {k: str(v) for k, v in presets.values("recommended", "c2").items()}
+LONGER = {"epochs": "45", "patience": "7"}  # values no preset has
 
 
 def _groups(tmp_path, runs):
@@ -35,21 +38,21 @@ def _groups(tmp_path, runs):
 
 def test_recipes_split_groups_and_are_named_by_their_changes(tmp_path):
     runs = [_run(s, 0.80 + 0.01 * s, 0.60, **BASE) for s in range(3)]
-    runs += [_run(s, 0.83 + 0.01 * s + 0.001 * s * s, 0.62, **{**BASE, "epochs": "60", "patience": "10"})
-             for s in range(3)]
-    runs += [_run(s, 0.80, 0.60, **{**BASE, "band": "gri"}) for s in range(2)]
-    runs += [_run(0, 0.70, 0.65, **{**BASE, "learning_rate": "2e-4", "class_weights": "balanced"})]
+    runs += [_run(s, 0.83 + 0.01 * s + 0.001 * s * s, 0.62, **{**BASE, **LONGER}) for s in range(3)]
+    runs += [_run(s, 0.80, 0.60, **{**BASE, "band": "r"}) for s in range(2)]
+    rate = f"{float(BASE['learning_rate']):e}"  # the same rate, written another way
+    runs += [_run(0, 0.70, 0.65, **{**BASE, "learning_rate": rate, "class_weights": "balanced"})]
     groups = _groups(tmp_path, runs)
-    assert [g.variant for g in groups] == ["preset recommended", "band gri", "class_weights balanced",
-                                           "epochs 60, patience 10"]
-    assert [len(g.runs) for g in groups] == [3, 2, 1, 3] and groups[0].reference  # "2e-4" is "0.0002"
+    assert [g.variant for g in groups] == ["preset recommended", "band r", "class_weights balanced",
+                                           "epochs 45, patience 7"]
+    assert [len(g.runs) for g in groups] == [3, 2, 1, 3] and groups[0].reference
     assert len({g.slug for g in groups}) == 4
     rows = {row[0]: row for b in build.ablation_section(groups) if b[0] == "table" for row in b[2]}
     assert rows["preset recommended (reference)"][-2:] == ["-", "-"]
-    longer = rows["epochs 60, patience 10"]
+    longer = rows["epochs 45, patience 7"]
     assert longer[1] == "3 (0,1,2)" and longer[-1] == "+2.0 +- 0.0 (holds)"
     assert longer[-2] == "+3.2 +- 0.1 (holds)"  # differences 3.0, 3.1, 3.4 points
-    assert rows["band gri"][-2] == "-0.5 +- 0.5"  # two seeds: never "holds"
+    assert rows["band r"][-2] == "-0.5 +- 0.5"  # two seeds: never "holds"
     assert rows["class_weights balanced"][-2:] == ["-10.0", "+5.0"]  # one seed: no error to give
 
 
@@ -83,10 +86,13 @@ def test_paired_gain_and_its_standard_error():
 
 def test_settings_that_train_alike_are_one_recipe(tmp_path):
     """The network's own values and their stand-ins, a warm-up without a schedule: one group."""
-    runs = [_run(0, 0.8, 0.6, **BASE), _run(1, 0.8, 0.6, **BASE, dropout="0.5", dense_units="256"),
-            _run(2, 0.8, 0.6, **BASE, dropout="-1", warmup_epochs="3", lr_schedule="constant")]
+    base = {**BASE, "lr_schedule": "constant", "warmup_epochs": "0"}
+    runs = [_run(0, 0.8, 0.6, **base), _run(1, 0.8, 0.6, **{**base, "dropout": "0.5", "dense_units": "256"}),
+            _run(2, 0.8, 0.6, **{**base, "dropout": "-1", "warmup_epochs": "3"})]
     (group,) = _groups(tmp_path, runs)
     assert len(group.runs) == 3 and group.variant == ""
+    assert collect.recipe_of({"lr_schedule": "cosine", "warmup_epochs": "3"}, "c2") != \
+        collect.recipe_of({"lr_schedule": "cosine", "warmup_epochs": "0"}, "c2")
 
 
 def test_the_reference_is_the_tagged_recipe_then_a_preset(tmp_path):
