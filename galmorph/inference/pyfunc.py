@@ -28,14 +28,7 @@ import numpy as np
 
 from galmorph.core import calibration
 from galmorph.core.errors import GalmorphError
-from galmorph.inference.model import (
-    METADATA_KEY,
-    ModelInfo,
-    Prediction,
-    check_images,
-    column,
-    table,
-)
+from galmorph.inference.model import METADATA_KEY, ModelInfo, Prediction, check_images, column, table
 from galmorph.tracking.artifacts import no_progress_bar
 
 ARTIFACT_PATH = "model"

@@ -14,26 +14,12 @@ import numpy as np
 
 from galmorph import backends, presets, tracking
 from galmorph.config import TrainConfig
-from galmorph.core import (
-    calibration,
-    checkpoints,
-    metrics,
-    progress,
-    specs,
-    system,
-    training,
-)
+from galmorph.core import calibration, checkpoints, metrics, progress, specs, system, training
 from galmorph.data import augment, registry
 from galmorph.tracking import artifacts, liveness, model_registry, tags
 from galmorph.tracking import figures as plots
 from galmorph.workflows import explain, finetune, resume
-from galmorph.workflows.prepare import (
-    Prepared,
-    check_data_settings,
-    hyper_from,
-    prepare,
-    train_stream,
-)
+from galmorph.workflows.prepare import Prepared, check_data_settings, hyper_from, prepare, train_stream
 
 
 def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, nested: bool = False,

@@ -22,21 +22,8 @@ if _LEVEL >= 2:  # TensorFlow's and Keras's Python-side absl messages alike
     absl.logging.set_verbosity(absl.logging.ERROR)
 
 from galmorph.backends.keras.device import finish, launch, replica, resolved, setup  # noqa: E402
-from galmorph.backends.keras.model import (  # noqa: E402
-    build,
-    count_params,
-    load_network,
-    load_weights,
-    save_network,
-)
-from galmorph.backends.keras.train import (  # noqa: E402
-    device_stats,
-    fit,
-    predict_proba,
-    restore_state,
-    save_state,
-    step_rate,
-)
+from galmorph.backends.keras.model import build, count_params, load_network, load_weights, save_network  # noqa: E402
+from galmorph.backends.keras.train import device_stats, fit, predict_proba, restore_state, save_state, step_rate  # noqa: E402
 
 NAME = "keras"
 __all__ = ["NAME", "build", "count_params", "device_stats", "finish", "fit", "launch", "load_network", "load_weights",

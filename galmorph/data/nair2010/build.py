@@ -19,12 +19,7 @@ from galmorph.core.errors import GalmorphError
 from galmorph.core.io import atomic_write, publish
 from galmorph.data import integrity
 from galmorph.data.nair2010.catalogue import fetch_catalogue, ttype_to_class
-from galmorph.data.nair2010.cutouts import (
-    cutout_name,
-    decode,
-    download_cutouts,
-    remove_stale_tmp,
-)
+from galmorph.data.nair2010.cutouts import cutout_name, decode, download_cutouts, remove_stale_tmp
 from galmorph.data.nair2010.params import (
     CATALOGUE_SOURCE,
     CHANNELS,

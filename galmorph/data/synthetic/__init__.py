@@ -42,9 +42,7 @@ sky and the render frame).
 from galmorph.data.synthetic.cache import cached_path, load_or_generate
 from galmorph.data.synthetic.instrument import pixel_scale
 from galmorph.data.synthetic.params import CLASS_NAMES
-from galmorph.data.synthetic.render import (
-    _Q as _Q,  # the stretch's softening; tests invert the stretch with it
-)
+from galmorph.data.synthetic.render import _Q as _Q  # the stretch's softening; tests invert the stretch with it
 from galmorph.data.synthetic.simulate import GENERATOR_VERSION, generate
 
 __all__ = ["CLASS_NAMES", "GENERATOR_VERSION", "cached_path", "generate", "load_or_generate", "pixel_scale"]

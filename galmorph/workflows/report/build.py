@@ -17,16 +17,8 @@ from galmorph import __version__, tracking
 from galmorph.core import calibration, stats
 from galmorph.tracking import figures as plots
 from galmorph.workflows.multiseed import aggregate
-from galmorph.workflows.report.collect import (
-    Group,
-    copy_explain,
-    matches,
-    references,
-    same_split,
-    slug,
-    source_name,
-    stem,
-)
+from galmorph.workflows.report import collect
+from galmorph.workflows.report.collect import Group, copy_explain, matches, references, slug, source_name, stem
 from galmorph.workflows.report.config import ReportConfig
 
 
@@ -154,7 +146,7 @@ def ablation_section(groups: list[Group]) -> list[tuple]:
 def _gain(ref: Group, g: Group, key: str) -> str:
     if g is ref:
         return "-"
-    if same_split(ref, g):
+    if collect.same_split(ref, g):
         gain = stats.paired_gain(_by_seed(ref, key), _by_seed(g, key))
     else:
         gain = stats.unpaired_gain(list(_by_seed(ref, key).values()), list(_by_seed(g, key).values()))

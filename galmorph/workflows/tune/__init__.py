@@ -38,19 +38,9 @@ from galmorph.workflows.tune.config import (
     RetrainConfig,
     TuneConfig,
 )
-from galmorph.workflows.tune.objective import (
-    TrialFailed,
-    make_objective,
-    objective_value,
-)
+from galmorph.workflows.tune.objective import TrialFailed, make_objective, objective_value
 from galmorph.workflows.tune.retraining import retrain
-from galmorph.workflows.tune.space import (
-    Param,
-    SearchSpace,
-    load_space,
-    sample,
-    space_path,
-)
+from galmorph.workflows.tune.space import Param, SearchSpace, load_space, sample, space_path
 from galmorph.workflows.tune.storage import open_storage, postgres_driver
 from galmorph.workflows.tune.study import make_pruner, make_sampler, tune
 from galmorph.workflows.tune.summary import PLOTS, study_plots, summarize

@@ -17,13 +17,7 @@ from galmorph.data import splits
 from galmorph.tracking import redact
 from galmorph.tracking.tags import ROLE
 from galmorph.workflows import train
-from galmorph.workflows.tune.config import (
-    BASELINE,
-    DIVERGED,
-    MONITOR,
-    OBJECTIVE,
-    UNEXPRESSED,
-)
+from galmorph.workflows.tune.config import BASELINE, DIVERGED, MONITOR, OBJECTIVE, UNEXPRESSED
 from galmorph.workflows.tune.space import SearchSpace, sample
 
 
