@@ -156,7 +156,10 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
     if source:
         finetune.start(backend, model, source, config, spec, new_output)
         trainable, total = backend.count_params(model)  # frozen layers no longer count as trainable
-    mlflow.log_metrics({"trainable_params": trainable, "total_params": total, "data_prep_time_s": data_time})
+    if resumed is None:
+        mlflow.log_metrics({"trainable_params": trainable, "total_params": total, "data_prep_time_s": data_time})
+    else:  # the counts are logged already; this process's data time goes at the epoch it resumes at
+        mlflow.log_metric("data_prep_time_s", data_time, step=resumed.next_epoch(config.epochs))
 
     model, reporter, fit_time = _fit(config, active, mlflow, backend, model, prepared, hyper, info, trial,
                                      progress_prefix, resumed)

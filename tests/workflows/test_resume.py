@@ -102,6 +102,9 @@ def test_a_run_killed_after_epoch_2_resumes_to_the_uninterrupted_result(backend,
         assert sorted(step for step, _ in got) == [0, 1, 2, 3], key
     for key in FINAL:
         assert run.data.metrics[key] == whole_run.data.metrics[key], key
+    assert len(client.get_metric_history(run_id, "trainable_params")) == 1  # not logged again on resume
+    assert sorted(m.step for m in client.get_metric_history(run_id, "data_prep_time_s")) == [
+        0, int(run.data.tags["galmorph.resumed_at_epoch"])]
     # the final (best-epoch) weights: the same probabilities for every test galaxy
     pd.testing.assert_frame_equal(_predictions(client, run_id, tmp_path / "a"),
                                   _predictions(client, whole_run.info.run_id, tmp_path / "b"), check_exact=True)
