@@ -127,6 +127,7 @@ def test_a_cross_validated_study_starts_from_the_base_configuration(tmp_path, tr
     assert one.state.name == "PRUNED" and list(one.intermediate_values) == [0]  # after its first fold
     assert summary["baseline_trial"] == 0 and summary["baseline_std"] == pytest.approx(zero.user_attrs["cv_std"])
     assert summary["beats_baseline"] is False  # trial 0 is the only complete trial
+    assert summary["step_unit"] == "folds" and "; folds run 3 of 4 (1 saved by pruning)" in proc.stdout
 
     client = mlflow.MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("cv").experiment_id])

@@ -47,6 +47,8 @@ def summarize(study, n_before: int = 0, study_run_id: str = "") -> dict:
         "median_epoch_time_s": epoch_s, "time_saved_by_pruning_s": saved_pruning * epoch_s,
         "trial_time_s": sum(t.duration.total_seconds() for t in done if t.duration),
         "best_value": None, "best_trial": None, "best_params": {}, "best_run_id": None, "best_config": {},
+        # a cross-validated trial reports once per fold, so its steps are folds, not epochs
+        "step_unit": "folds" if any("cv_values" in t.user_attrs for t in done) else "epochs",
     }
     out["epochs_saved_fraction"] = 1 - out["epochs_run"] / out["epochs_budget"] if out["epochs_budget"] else 0.0
     with contextlib.suppress(ValueError):
@@ -158,7 +160,8 @@ def print_summary(s: dict) -> None:
     best = (f"best {OBJECTIVE} {s['best_value']:.4f} (trial {s['best_trial']}, run {s['best_run_id']})"
             if s["best_trial"] is not None else "no complete trial yet")
     print(f"study {s['study_name']}: {s['n_trials']} trials ({s['n_complete']} complete, {s['n_pruned']} pruned, "
-          f"{s['n_failed']} failed); {best}; epochs run {s['epochs_run']} of {s['epochs_budget']} "
+          f"{s['n_failed']} failed); {best}; {s.get('step_unit', 'epochs')} run {s['epochs_run']} of "
+          f"{s['epochs_budget']} "
           f"({s['epochs_saved_by_pruning']} saved by pruning)")
     if s.get("baseline_verdict"):
         print(f"against the base configuration: {s['baseline_verdict']}")
