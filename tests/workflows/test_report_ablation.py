@@ -91,6 +91,9 @@ def test_settings_that_train_alike_are_one_recipe(tmp_path):
             _run(2, 0.8, 0.6, **{**base, "dropout": "-1", "warmup_epochs": "3"})]
     (group,) = _groups(tmp_path, runs)
     assert len(group.runs) == 3 and group.variant == ""
+    # a multi-seed group's later seeds train on the first seed's split, read from a split file
+    (group,) = _groups(tmp_path, [_run(0, 0.8, 0.6, **BASE), _run(1, 0.8, 0.6, **BASE, split_file="/tmp/s.json")])
+    assert len(group.runs) == 2
     assert collect.recipe_of({"lr_schedule": "cosine", "warmup_epochs": "3"}, "c2") != \
         collect.recipe_of({"lr_schedule": "cosine", "warmup_epochs": "0"}, "c2")
 

@@ -165,7 +165,7 @@ _SETTINGS = {s.name: s for s in settings_of(TrainConfig)}
 # what the run trained with beyond network and data set (tta only evaluates the same weights) ...
 RECIPE = [s.name for s in _SETTINGS.values() if s.presettable and s.name != "tta"]
 # ... and what changes its data or starting weights
-DATA = ["max_images", "image_size", "split_file", "synthetic_n", "synthetic_noise", "init_from", "freeze"]
+DATA = ["max_images", "image_size", "synthetic_n", "synthetic_noise", "init_from", "freeze"]
 # runs whose recipes differ in these only share their test galaxies seed by seed
 SPLIT = ["val_fraction", "test_fraction", *DATA]
 REFERENCE_TAG = "galmorph.recipe_reference"
