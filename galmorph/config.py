@@ -256,6 +256,16 @@ class TrainConfig:
         return self
 
 
+def from_param(setting: Setting, text):
+    """A setting's value from its logged MLflow parameter (text) or a default: bools as
+    parse_bool reads them, ints through float ("30.0"), the rest by the setting's type."""
+    if setting.type is bool:
+        return parse_bool(text)
+    if setting.type is int:
+        return int(float(text))
+    return setting.type(text)
+
+
 def parse_bool(text) -> bool:
     if isinstance(text, bool):
         return text

@@ -19,7 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from galmorph import tracking
-from galmorph.config import TrainConfig, parse_bool, settings_of
+from galmorph.config import TrainConfig, from_param, settings_of
 from galmorph.core import checkpoints
 from galmorph.core.errors import GalmorphError
 from galmorph.tracking import liveness
@@ -110,8 +110,7 @@ def _logged_settings(run) -> dict:
     params, out = run.data.params, {}
     for s in settings_of(TrainConfig):
         if s.name in params:
-            text = params[s.name]
-            out[s.name] = parse_bool(text) if s.type is bool else int(float(text)) if s.type is int else s.type(text)
+            out[s.name] = from_param(s, params[s.name])
     return out
 
 

@@ -110,10 +110,8 @@ def ablation_section(groups: list[Group]) -> list[tuple]:
         for g in sorted(members, key=lambda g: not g.reference):
             cells = []
             for key, _ in ABLATION_METRICS:
-                values = list(_by_seed(g, key).values())
-                cells.append(_pm({f"{key}_mean": float(np.mean(values)),
-                                  f"{key}_std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                                  "n_seeds": len(values)}, key) if values else "-")
+                values = _by_seed(g, key).values()
+                cells.append(_pm(aggregate([{key: v} for v in values]), key) if values else "-")
             gains = [_gain(ref, g, key) for key in ("test_accuracy", "test_balanced_accuracy")]
             seeds = sorted(_by_seed(g, "test_accuracy"), key=_seed_order)
             rows.append([g.variant + (" (reference)" if g.reference and g.variant != "reference" else ""),

@@ -28,7 +28,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from galmorph import presets
-from galmorph.config import TrainConfig, settings_of
+from galmorph.config import TrainConfig, from_param, settings_of
 from galmorph.core import specs
 from galmorph.core.errors import GalmorphError
 from galmorph.core.paths import load_yaml
@@ -172,14 +172,11 @@ REFERENCE_TAG = "galmorph.recipe_reference"
 
 
 def _typed(setting, value):
-    if setting.type is bool:
-        return str(value).strip().lower() in ("true", "1", "yes")
-    if setting.type in (int, float):
-        try:
-            return float(value)  # "30" and "30.0", "0.0002" and "2e-4" alike
-        except (TypeError, ValueError):
-            return str(value)
-    return str(value)
+    """config.from_param, keeping a value it cannot read as its text (a report reads any run)."""
+    try:
+        return from_param(setting, value)  # "30" and "30.0", "0.0002" and "2e-4" alike
+    except (TypeError, ValueError, GalmorphError):
+        return str(value)
 
 
 def recipe_of(params: dict, model: str) -> tuple:
@@ -206,7 +203,7 @@ def _preset_recipe(name: str, model: str) -> tuple | None:
         given = presets.values(name, model)
     except GalmorphError:
         return None
-    return recipe_of({**{n: _SETTINGS[n].default for n in RECIPE + DATA}, **given}, model)
+    return recipe_of(given, model)  # the settings it leaves out: their built-in defaults
 
 
 def _changes(recipe: tuple, reference: tuple) -> list[str]:
@@ -235,19 +232,18 @@ def name_recipes(groups: list[Group]) -> None:
         if len(members) < 2:
             continue
         model = members[0].model
+        recipes = {preset: _preset_recipe(preset, model) for preset in presets.names()}
         named: dict[tuple, str] = {}
-        for preset in presets.names():
-            named.setdefault(_preset_recipe(preset, model), f"preset {preset}")
+        for preset, recipe in recipes.items():
+            named.setdefault(recipe, f"preset {preset}")
         by_recipe = {g.recipe: g for g in members}
         tagged = [g for g in members if any(r.data.tags.get(REFERENCE_TAG) == "true" for r in g.runs)]
-        presets_ran = [by_recipe[r] for r in (_preset_recipe(p, model) for p in ("paper", "recommended", "none"))
-                       if r in by_recipe]
+        presets_ran = [by_recipe[recipes[p]] for p in ("paper", "recommended", "none") if recipes.get(p) in by_recipe]
         ref = (tagged or presets_ran or [min(members, key=lambda g: (
             sum(len(_changes(g.recipe, o.recipe)) for o in members), -len(set(g.seeds()))))])[0]
-        recommended = _preset_recipe("recommended", model)
         for g in members:
             g.reference = g is ref
-            changes = ", ".join(_changes(g.recipe, recommended if g is ref else ref.recipe))
+            changes = ", ".join(_changes(g.recipe, recipes["recommended"] if g is ref else ref.recipe))
             g.variant = named.get(g.recipe) or changes or "reference"
 
 

@@ -29,7 +29,7 @@ def retrain(config: RetrainConfig) -> dict:
 
     model_registry.check_names(config.register_as, config.alias)  # before the study is opened
     storage_url = config.storage or DEFAULT_STORAGE
-    study, best = _best_trial(config.study_name, storage_url, config.trial)
+    study, best = _chosen_trial(config.study_name, storage_url, config.trial)
     base_dict = dict(study.user_attrs.get("galmorph_base_config") or {})
     if not base_dict:
         raise GalmorphError(f"study {config.study_name!r} was not made by galmorph tune (no galmorph_base_config)")
@@ -71,7 +71,7 @@ def retrain(config: RetrainConfig) -> dict:
     return out
 
 
-def _best_trial(study_name: str, storage_url: str, number: int = -1):
+def _chosen_trial(study_name: str, storage_url: str, number: int = -1):
     """(study, its best trial, or trial `number` when >= 0: 0 is the base configuration,
     wherever Optuna reran it); a one-line GalmorphError when there is no such study, or no
     such complete trial."""
