@@ -69,8 +69,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> None:
         else:
             help_text = s.help + (" (required)" if s.required else f" (default: {s.default})")
         help_text = help_text.replace("%", "%%")  # argparse formats help with %: "30 %" is text here
-        # a yes/no flag alone means yes (`--close-stale`); `--quiet true` as MLproject passes it works too
-        switch = {"nargs": "?", "const": True} if s.type is bool else {}
+        # a yes/no flag alone means yes (`--close-stale`); `--quiet true` as MLproject passes it works too;
+        # so does a choice that extends yes/no (`--tta` = `--tta true`, or `--tta dihedral`)
+        switch = {"nargs": "?", "const": True} if s.type is bool else \
+            {"nargs": "?", "const": "true"} if s.choices and "true" in s.choices else {}
         parser.add_argument(s.flag, dest=s.name, type=_bool if s.type is bool else s.type,
                             default=None if s.presettable else s.default,
                             required=s.required, choices=s.choices, metavar=None if s.choices else s.name.upper(),

@@ -24,6 +24,8 @@ from galmorph.data import augment, bands, splits
 from galmorph.tracking import check_experiment, model_registry
 
 FREEZE = ("none", "conv")
+PRETRAINED = ("none", "imagenet")
+TTA = augment.TTA  # (TrainConfig has a field named augment)
 TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
@@ -132,7 +134,8 @@ def check_choices(config) -> None:
 @dataclass
 class TrainConfig:
     preset: str = option("recommended", "named settings of experiments/presets.yaml for the settings not given: recommended (galmorph's recipe), paper (the paper's regime) or none (the built-in defaults); explicit flags override it")
-    model: str = option("c2", "network: c1 or c2 (experiments/architectures.yaml)")
+    model: str = option("c2", "network: c1 or c2 (the paper's), or one of the model zoos' resnet18, resnet50, efficientnet_b0, convnext_nano (timm in PyTorch, keras_hub/keras.applications in Keras; experiments/architectures.yaml)")
+    pretrained: str = option("none", "a zoo network's start: none (trained from scratch) or imagenet (the zoo's ImageNet weights, from its cache or download; 3 bands, e.g. --band gri)", PRETRAINED)
     backend: str = option("keras", "deep-learning backend", tuple(backends.BACKENDS))
     dataset: str = option("synthetic", "galaxy10, galaxy10_decals, synthetic, nair2010, or the path of a Galaxy10-format .h5 file")
     scheme: str = option("default", "class scheme of experiments/schemes.yaml (native, 4way, phys449_4way, ...); default: the dataset's")
@@ -158,7 +161,7 @@ class TrainConfig:
     dense_units: int = option(0, "units of each hidden dense layer (0 = the architecture's, 256)", preset=True)
     dropout: float = option(-1.0, "dropout rate (-1 = the architecture's, 0.5)", preset=True)
     batchnorm: str = option("default", "C1 batch normalisation: true, false or default (true)", ("default", "true", "false"), preset=True)
-    tta: bool = option(False, "also report test metrics averaged over the 40 views (test-time augmentation)", preset=True)
+    tta: str = option("false", "test-time augmentation: also report test metrics averaged over views: false, true (the 40 views) or dihedral (the 8 rotations and mirrors of the centre crop)", TTA, preset=True)
     synthetic_n: int = option(2000, "number of images when dataset=synthetic")
     synthetic_noise: float = option(1.0, "noise level (difficulty) when dataset=synthetic")
     split_file: str = option("", "reuse the split of this splits.json (logged by an earlier run) instead of making one")
@@ -183,6 +186,9 @@ class TrainConfig:
     checkpoints: bool = option(True, "save a checkpoint after every epoch in <cache>/checkpoints/<run id>/ (what --resume continues from); the last one is logged to the artifacts (checkpoint/) of a run that fails")
     experiment: str = option("galmorph", "MLflow experiment name for runs started outside `mlflow run`", mlproject=False)
     run_name: str = option("", "MLflow run name (default: <model>-<backend>-<dataset>)", mlproject=False)
+
+    def __post_init__(self):
+        self.tta = augment.tta_name(self.tta)  # True/False (the Python API, older runs' "True") -> true/false
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -235,6 +241,11 @@ class TrainConfig:
             raise GalmorphError(f"dropout must be in [0, 1) or -1 for the architecture's, got {self.dropout}")
         if self.synthetic_noise < 0:
             raise GalmorphError(f"synthetic_noise must be 0 or more, got {self.synthetic_noise}")
+        if specs.is_zoo(self.model) and (self.width != 1.0 or self.dense_units):
+            raise GalmorphError(f"width and dense_units apply to c1 and c2; {self.model} is built by its zoo as it is: "
+                                "leave them at their defaults")
+        if self.pretrained == "imagenet":
+            self._check_pretrained()
         if self.batchnorm != "default" and self.model != "c1":
             raise GalmorphError(f"batchnorm applies to c1 only ({self.model} always has it); leave it at default")
         if self.batch_size % self.devices:
@@ -254,6 +265,19 @@ class TrainConfig:
         splits.check_fractions(self.val_fraction, self.test_fraction)
         check_experiment(self.experiment)
         return self
+
+
+    def _check_pretrained(self) -> None:
+        """--pretrained imagenet needs a zoo network that has weights in this backend's zoo and
+        3-band input (the weights are RGB)."""
+        if not specs.is_zoo(self.model):
+            raise GalmorphError(f"pretrained imagenet applies to the zoo networks; {self.model} has no ImageNet "
+                                "weights: drop --pretrained")
+        if len(self.band) != 3:  # a band setting is its bands' letters
+            raise GalmorphError(f"pretrained imagenet weights take 3 bands and band {self.band} is {len(self.band)}: "
+                                "pass --band gri (or grz), or drop --pretrained")
+        if self.backend not in (specs.architectures()[self.model].get("pretrained") or {}):
+            raise GalmorphError(f"the {self.backend} zoo has no ImageNet weights for {self.model}; drop --pretrained")
 
 
 def from_param(setting: Setting, text):

@@ -49,6 +49,8 @@ ENTRY_POINTS = [
     _model_entry("c2", "torch"),
     _model_entry("c1", "torch"),
     EntryPoint("main", "train", TrainConfig, {"model": "c2", "backend": "keras"}, "`mlflow run .` = c2_keras."),
+    EntryPoint("train", "train", TrainConfig, comment="Any network and backend: -P model=resnet18 -P backend=torch "
+               "(c1, c2 and the model zoos' networks of experiments/architectures.yaml; docs/networks.md)."),
     EntryPoint("tune", "tune", TuneConfig, comment="An Optuna study (TuneConfig): the training settings every trial "
                "starts from, and the study's. Give a PostgreSQL password via PGPASSWORD or ~/.pgpass, never in "
                "-P storage (mlflow run records -P values as given)."),

@@ -3,6 +3,10 @@
 `resolve(name, input_shape, n_classes, **hp)` turns a spec into concrete layers, each with
 its output shape and parameter counts, so both backends build the same network and tests
 can pin their parameter counts to these numbers. Shapes are (height, width, channels).
+
+A zoo network (an entry with `zoo`: resnet18, efficientnet_b0, ...) has no layers written
+down: its spec carries the zoo's builder per backend (`NetworkSpec.zoo`), and its parameter
+count is the zoo's own (tests pin the backends to timm's count).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from galmorph.core.errors import GalmorphError
 from galmorph.core.paths import load_yaml
 
 LAYER_TYPES = ("conv", "bn", "maxpool", "flatten", "dropout", "dense", "output")
+ZOO_MIN_INPUT = 32  # a zoo network's smallest crop side when its entry names none
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,26 @@ class NetworkSpec:
     n_classes: int
     layers: tuple[Layer, ...]
     options: dict = field(default_factory=dict)
+    zoo: dict | None = None  # a zoo network: {backend: {call, module, name, args}} (architectures.yaml)
+    pretrained: dict | None = None  # a zoo network's ImageNet weights per backend, where the zoo has them
+
+    @property
+    def is_zoo(self) -> bool:
+        return self.zoo is not None
+
+    def builder(self, backend: str) -> dict:
+        """The zoo's builder of this network for `backend` (a zoo network only)."""
+        if self.zoo is None or backend not in self.zoo:
+            raise GalmorphError(f"network {self.name} has no {backend} builder in architectures.yaml")
+        return self.zoo[backend]
+
+    def pretrained_name(self, backend: str) -> str:
+        """The zoo's name of this network's ImageNet weights for `backend` (architectures.yaml
+        `pretrained`); a GalmorphError where the zoo has none."""
+        found = (self.pretrained or {}).get(backend)
+        if not found:
+            raise GalmorphError(f"the {backend} zoo has no ImageNet weights for {self.name}; drop --pretrained")
+        return found
 
     @property
     def trainable_params(self) -> int:
@@ -83,6 +108,8 @@ def resolve(
     spec, opts = _options(name, options)
     _check_arguments(n_classes, width, dropout, dense_units)
     h, w, c = (int(v) for v in input_shape)
+    if "zoo" in spec:
+        return _zoo(name, spec, opts, (h, w, c), n_classes, width, dense_units, dropout)
     shape: tuple[int, ...] = (h, w, c)
     layers: list[Layer] = []
     for raw in spec["layers"]:
@@ -100,6 +127,27 @@ def resolve(
     n = shape[0] * n_classes + n_classes
     layers.append(Layer("output", shape, (n_classes,), units=n_classes, trainable_params=n, total_params=n))
     return NetworkSpec(name, (h, w, c), n_classes, tuple(layers), opts)
+
+
+def _zoo(name, spec, opts, shape, n_classes, width, dense_units, dropout) -> NetworkSpec:
+    """The spec of zoo network `name`: one `output` layer stands for the whole network."""
+    if width != 1.0 or dense_units is not None:
+        raise GalmorphError(f"width and dense_units apply to c1 and c2; {name} is built by its zoo as it is: "
+                            "leave them at their defaults")
+    need = int(spec.get("min_input", ZOO_MIN_INPUT))
+    h, w, _ = shape
+    if min(h, w) < need:
+        raise GalmorphError(f"input {h}x{w} is too small for {name}, which needs at least {need}x{need}: "
+                            "use larger images (--image-size) or a larger crop_fraction")
+    if dropout is not None:
+        opts["dropout"] = float(dropout)
+    head = Layer("output", shape, (n_classes,), units=n_classes, rate=float(opts.get("dropout", 0.0)))
+    return NetworkSpec(name, shape, n_classes, (head,), opts, zoo=spec["zoo"], pretrained=spec.get("pretrained"))
+
+
+def is_zoo(name: str) -> bool:
+    """Whether network `name` is built by a framework's model zoo (architectures.yaml `zoo`)."""
+    return "zoo" in _options(name, {})[0]
 
 
 class _TooSmall(Exception):
@@ -169,6 +217,9 @@ def _layer(name: str, raw: dict, shape: tuple[int, ...], width: float, dense_uni
 
 def min_input_size(name: str, channels: int = 1, **options) -> int:
     """The smallest square input that network `name` accepts."""
+    spec, _ = _options(name, options)
+    if "zoo" in spec:
+        return int(spec.get("min_input", ZOO_MIN_INPUT))
     for size in range(1, 512):
         try:
             resolve(name, (size, size, channels), 2, _explain=False, **options)
@@ -195,8 +246,10 @@ def sentinel_values(name: str) -> dict:
     every such layer (the values `-1`, `0` and `default` of TrainConfig stand for)."""
     spec, opts = _options(name, {})
     out: dict = {}
-    rates = {layer["rate"] for layer in spec["layers"] if layer["type"] == "dropout"}
-    units = {layer["units"] for layer in spec["layers"] if layer["type"] == "dense"}
+    layers = spec.get("layers", [])
+    rates = {layer["rate"] for layer in layers if layer["type"] == "dropout"} or \
+        ({opts["dropout"]} if "zoo" in spec else set())
+    units = {layer["units"] for layer in layers if layer["type"] == "dense"}
     if len(rates) == 1:
         out["dropout"] = float(rates.pop())
     if len(units) == 1:

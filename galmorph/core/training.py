@@ -78,6 +78,7 @@ class Hyper:
     prefetch: int
     pin_memory: str
     devices: int
+    pretrained: str = "none"  # a zoo network's start: none (from scratch) or imagenet (the zoo's weights)
 
 
 def lr_at(epoch: int, hyper: Hyper) -> float:

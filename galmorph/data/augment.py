@@ -11,7 +11,15 @@ of views), followed by the one normalisation `normalise` (x / 255, float32). Bat
 NHWC float32 with the selected bands as channels.
 
 Modes: `paper40` (every training image in all 40 views per epoch), `random` (each image
-once per epoch in one random view of the 40), `none` (centre crop only).
+once per epoch in one random view of the 40), `none` (centre crop only), `dihedral` (each
+image once per epoch in one of the 8 rotations by 90 degrees and mirrors of the centre crop:
+galaxies have no up or down) and `rotate` (each image once per epoch turned by any angle,
+mirrored or not and scaled by 0.9-1.1, then centre-cropped; nearest-neighbour sampling, so
+still one gather, with a map made per batch). Every epoch's plan is a pure function of
+(seed, epoch), so a resumed run sees the same batches.
+
+Test-time augmentation (`tta_views`): the mean over the 40 views (`true`) or over the 8
+dihedral views of the centre crop (`dihedral`).
 """
 
 from __future__ import annotations
@@ -24,10 +32,32 @@ import numpy as np
 
 from galmorph.core.errors import GalmorphError
 
-MODES = ("paper40", "random", "none")
+MODES = ("paper40", "random", "none", "dihedral", "rotate")
 PAPER_CROP_FRACTION = 100 / 110  # PHYS449's 100 px crops of 110 px cutouts (module docstring)
 N_CROPS, N_ROTATIONS, N_MIRRORS = 5, 4, 2
 N_VIEWS = N_CROPS * N_ROTATIONS * N_MIRRORS
+N_DIHEDRAL = N_ROTATIONS * N_MIRRORS  # views 0..7: the centre crop's rotations and mirrors
+ROTATE_SCALE = (0.9, 1.1)  # `rotate`: the range of the random zoom
+TTA = ("false", "true", "dihedral")  # test-time augmentation: none, the 40 views, the 8 dihedral views
+_TTA_ALIASES = {"false": "false", "none": "false", "no": "false", "off": "false", "0": "false",
+                "true": "true", "paper40": "true", "yes": "true", "on": "true", "1": "true", "dihedral": "dihedral"}
+
+
+def tta_name(value) -> str:
+    """The TTA setting `value` (a bool, or a string such as true, false, paper40, dihedral) as
+    one of TTA; an unknown string is returned as it is, for the caller's check to name."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _TTA_ALIASES.get(str(value).strip().lower(), str(value))
+
+
+def tta_views(value) -> range:
+    """The views a prediction averages for TTA setting `value`: the centre crop alone, the 40
+    views or the 8 dihedral views of the centre crop."""
+    name = tta_name(value)
+    if name not in TTA:
+        raise GalmorphError(f"unknown tta {value!r}; choose one of {', '.join(TTA)} (true: the 40 views)")
+    return {"false": range(1), "true": range(N_VIEWS), "dihedral": range(N_DIHEDRAL)}[name]
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -98,7 +128,28 @@ class BatchMaker:
         return out.reshape(index.size, self.crop, self.crop, self.channels.size)
 
     def batch(self, index: np.ndarray, views: np.ndarray | int = 0) -> np.ndarray:
+        """Normalised images `index` in `views`: view numbers, or (for `rotate`) a float (B, 3)
+        array of angle (radians), scale and mirror (0/1) per image."""
+        if np.ndim(views) == 2:
+            return normalise(self.batch_turned(index, views))
         return normalise(self.batch_uint8(index, views))
+
+    def batch_turned(self, index: np.ndarray, turns: np.ndarray) -> np.ndarray:
+        """uint8 (B, crop, crop, C): image b turned by turns[b, 0] radians about its centre,
+        zoomed by turns[b, 1], mirrored where turns[b, 2] is 1, then centre-cropped; nearest
+        neighbour, pixels beyond the edge repeat the edge."""
+        index = np.asarray(index, dtype=np.intp)
+        half = (self.crop - 1) / 2
+        centre = (self.size - 1) / 2
+        v, u = np.mgrid[0:self.crop, 0:self.crop].reshape(2, 1, -1) - half  # rows, columns from the centre
+        angle, scale, mirror = (turns[:, k, None] for k in range(3))
+        u = np.where(mirror > 0.5, -u, u)
+        cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+        x = np.clip(np.rint(centre + cos * u - sin * v), 0, self.size - 1).astype(np.intp)
+        y = np.clip(np.rint(centre + sin * u + cos * v), 0, self.size - 1).astype(np.intp)
+        pix = y * self.size + x
+        out = self._flat[index[:, None], pix][..., self.channels]
+        return out.reshape(index.size, self.crop, self.crop, self.channels.size)
 
 
 def check_mode(mode: str) -> str:
@@ -117,7 +168,11 @@ def epoch_plan(n: int, mode: str, epoch: int, seed: int) -> tuple[np.ndarray, np
         order = rng.permutation(pos.size)
         return pos[order], views[order]
     pos = rng.permutation(n)
-    views = rng.integers(0, N_VIEWS, size=n) if mode == "random" else np.zeros(n, dtype=np.int64)
+    if mode == "rotate":  # (angle, scale, mirror) per image: BatchMaker.batch_turned
+        lo, hi = ROTATE_SCALE
+        return pos, np.stack([rng.uniform(0, 2 * np.pi, n), rng.uniform(lo, hi, n), rng.integers(0, 2, n)], axis=1)
+    high = {"random": N_VIEWS, "dihedral": N_DIHEDRAL}.get(mode)
+    views = rng.integers(0, high, size=n) if high else np.zeros(n, dtype=np.int64)
     return pos, views
 
 

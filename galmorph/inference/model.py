@@ -118,11 +118,12 @@ class LoadedModel:
         self.uri = uri
         self._model = pyfunc.unwrap_python_model()
 
-    def predict(self, images: np.ndarray, *, tta: bool = False, calibrated: bool = True) -> Prediction:
-        """Probabilities of uint8 images (N, side, side, 3); `tta`: the mean over the 40 views;
-        `calibrated`: with the stored temperature(s) applied (False: the network as trained)."""
+    def predict(self, images: np.ndarray, *, tta: bool | str = False, calibrated: bool = True) -> Prediction:
+        """Probabilities of uint8 images (N, side, side, 3); `tta`: the mean over the 40 views
+        (True) or the 8 dihedral views (dihedral), galmorph.data.augment.tta_views; `calibrated`:
+        with the stored temperature(s) applied (False: the network as trained)."""
         x = check_images(images, self.info.image_side)
-        return self._model.prediction(x, tta=bool(tta), calibrated=bool(calibrated))
+        return self._model.prediction(x, tta=tta, calibrated=bool(calibrated))
 
     def table(self, prediction: Prediction):
         return table(prediction, self.info.class_names)

@@ -35,7 +35,7 @@ ARTIFACT_PATH = "model"
 SETTINGS = "settings.json"
 INFO = "info"  # artifacts/info.json: the ModelInfo, for the model's own code (MLmodel metadata holds it too)
 MEMBER = "member"  # artifacts/member0, member1, ...
-PARAMS = {"tta": False, "calibrated": True}  # the pyfunc's inference parameters and their defaults
+PARAMS = {"tta": "false", "calibrated": True}  # the pyfunc's inference parameters and their defaults
 
 
 class _Member:
@@ -48,15 +48,16 @@ class _Member:
         self.backend = backends.get(self.settings["backend"])
         self.network = self.backend.load_network(folder)
 
-    def proba(self, x: np.ndarray, tta: bool, calibrated: bool) -> np.ndarray:
-        """float64 (N, K): centre view (or the mean over the 40 views), temperature applied to
-        each view's probabilities when `calibrated`."""
+    def proba(self, x: np.ndarray, tta, calibrated: bool) -> np.ndarray:
+        """float64 (N, K): centre view, or the mean over the views of TTA setting `tta`
+        (augment.tta_views: the 40 views or the 8 dihedral ones), temperature applied to each
+        view's probabilities when `calibrated`."""
         from galmorph.data import augment
 
         s = self.settings
         maker = augment.BatchMaker(x, s["channels"], s["crop_fraction"])
         index = np.arange(x.shape[0])
-        views = range(augment.N_VIEWS) if tta else (0,)
+        views = augment.tta_views(tta)
         total = np.zeros((x.shape[0], len(s["class_names"])))
         for view in views:
             p = self.backend.predict_proba(self.network, augment.eval_batches(maker, index, s["batch_size"], view))
@@ -67,7 +68,8 @@ class _Member:
 class GalmorphModel(mlflow.pyfunc.PythonModel):
     """uint8 RGB images (N, side, side, 3) -> galmorph.inference.model.table (a DataFrame).
 
-    Params (signature params): `tta` (mean over the 40 views), `calibrated` (apply each
+    Params (signature params): `tta` (true: the mean over the 40 views; dihedral: over the 8
+    rotations and mirrors of the centre crop; also a boolean), `calibrated` (apply each
     network's temperature; False: the networks as trained). An ensemble averages its members'
     probabilities and adds their standard deviation (population std over members).
     """
@@ -79,7 +81,7 @@ class GalmorphModel(mlflow.pyfunc.PythonModel):
         keys = sorted((k for k in context.artifacts if k.startswith(MEMBER)), key=lambda k: int(k[len(MEMBER):]))
         self.members = [_Member(context.artifacts[k]) for k in keys]
 
-    def prediction(self, x: np.ndarray, *, tta: bool = False, calibrated: bool = True) -> Prediction:
+    def prediction(self, x: np.ndarray, *, tta: bool | str = False, calibrated: bool = True) -> Prediction:
         probs = [m.proba(x, tta, calibrated) for m in self.members]
         if self.info["kind"] != "ensemble":
             return Prediction(probs[0])
@@ -89,7 +91,7 @@ class GalmorphModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: np.ndarray, params: dict | None = None):
         params = {**PARAMS, **(params or {})}
         x = check_images(_array(model_input), int(self.info["image_side"]))
-        found = self.prediction(x, tta=_flag(params["tta"]), calibrated=_flag(params["calibrated"]))
+        found = self.prediction(x, tta=params["tta"], calibrated=_flag(params["calibrated"]))
         return table(found, self.info["class_names"])
 
 
@@ -110,7 +112,7 @@ def _flag(value) -> bool:
 
 
 def signature(info: ModelInfo):
-    """uint8 (-1, side, side, 3) in; the table's columns out; params tta, calibrated."""
+    """uint8 (-1, side, side, 3) in; the table's columns out; params tta (string), calibrated."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
@@ -119,7 +121,7 @@ def signature(info: ModelInfo):
     cols += [ColSpec("string", "predicted"), ColSpec("double", "confidence")]
     if info.kind == "ensemble":
         cols += [ColSpec("double", f"{column(n)}_std") for n in info.class_names]
-    params = ParamSchema([ParamSpec(k, "boolean", v) for k, v in PARAMS.items()])
+    params = ParamSchema([ParamSpec(k, "boolean" if isinstance(v, bool) else "string", v) for k, v in PARAMS.items()])
     return ModelSignature(Schema([TensorSpec(np.dtype(np.uint8), (-1, side, side, 3))]), Schema(cols), params)
 
 

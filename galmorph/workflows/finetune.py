@@ -73,13 +73,17 @@ def source_spec(cfg: dict) -> specs.NetworkSpec:
 
 def describe(spec: specs.NetworkSpec) -> str:
     shape = "x".join(map(str, spec.input_shape))
+    if spec.is_zoo:
+        return f"{spec.name} ({shape} -> {spec.n_classes} classes)"
     return f"{spec.name} ({shape} -> {spec.n_classes} classes, {spec.total_params:,} parameters)"
 
 
 def _weights(spec: specs.NetworkSpec, output: bool) -> list[tuple]:
     """What decides the shapes of a network's weights (dropout rates do not), output layer or not."""
-    return [(layer.type, layer.in_shape, layer.out_shape, layer.total_params) for layer in spec.layers
-            if layer.type != "dropout" and (layer.type == "output") == output]
+    if output:
+        return [(layer.in_shape, layer.out_shape, layer.total_params) for layer in spec.layers if layer.type == "output"]
+    return [("input", spec.input_shape), *((layer.type, layer.in_shape, layer.out_shape, layer.total_params)
+                                           for layer in spec.layers if layer.type not in ("dropout", "output"))]
 
 
 def check(source: Source, config, spec: specs.NetworkSpec) -> bool:

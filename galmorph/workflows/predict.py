@@ -31,6 +31,7 @@ import numpy as np
 from galmorph.config import nested, option
 from galmorph.core.errors import GalmorphError
 from galmorph.core.io import atomic_write
+from galmorph.data import augment
 from galmorph.core.paths import cache_dir
 from galmorph.data.nair2010.params import PrepareConfig
 from galmorph.inference import fits, inputs
@@ -49,7 +50,8 @@ class PredictConfig:
     output: str = option("predictions.csv", "output CSV; failures go to <stem>.errors.csv beside it")
     crop: float = option(1.0, "centre crop, as a fraction of the shorter side, before images are resized to the "
                               "model's side (1 = the whole image)")
-    tta: bool = option(False, "average the 40 views (4 rotations x 2 flips x 5 crops) of every image")
+    tta: str = option("false", "average views of every image: false, true (the 40 views: 4 rotations x 2 flips x 5 "
+                               "crops) or dihedral (the 8 rotations and flips of the centre crop)", augment.TTA)
     uncalibrated: bool = option(False, "raw softmax probabilities instead of the temperature-calibrated ones")
     batch_size: int = option(256, "images per forward pass")
     scale: float = option(0.0, "pixel scale of catalogue cutouts in arcsec/px where the catalogue has no scale "

@@ -140,7 +140,7 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
     data, split = prepared.data, prepared.split
     spec = specs.resolve(config.model, prepared.maker.input_shape, len(data.class_names), **config.arch_kwargs())
     new_output = finetune.check(source, config, spec) if source else False
-    digest = _log_data(mlflow, data, split, spec, log_input=resumed is None)  # a resumed run logged its input
+    digest = _log_data(mlflow, data, split, spec, config.backend, log_input=resumed is None)  # a resumed run logged its input
     data_time = time.perf_counter() - t_data
 
     backend = backends.get(config.backend)
@@ -151,7 +151,8 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
     tracking.log_params(backend.resolved(hyper))
     model = backend.build(spec, hyper)
     trainable, total = backend.count_params(model)
-    if trainable != spec.trainable_params:
+    built = trainable  # a zoo network's count is the zoo's own (tests pin both backends to timm's)
+    if not spec.is_zoo and trainable != spec.trainable_params:
         raise RuntimeError(f"{config.backend} built {trainable} trainable parameters, the spec has {spec.trainable_params}")
     if source:
         finetune.start(backend, model, source, config, spec, new_output)
@@ -170,7 +171,7 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
 
     labels = data.labels
     with tracking.artifact_dir() as out:
-        _write_artifacts(out, config, data, split, spec, report, proba, reporter, digest)
+        _write_artifacts(out, config, data, split, spec, built, report, proba, reporter, digest)
         plots.reliability_diagram(labels[split.test], proba, calibration.apply_temperature(proba, temperature),
                                   out / "reliability_diagram.png", title=f"{config.model} {config.backend}: test split, "
                                   f"T = {temperature:.3f}")
@@ -191,7 +192,7 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
     return final
 
 
-def _log_data(mlflow, data, split, spec, log_input: bool) -> str:
+def _log_data(mlflow, data, split, spec, backend: str, log_input: bool) -> str:
     """Tag and log what the run trains on (and, unless resumed, its MLflow dataset input); the digest."""
     digest = data.digest()
     mlflow.set_tags({"scheme": data.scheme, "dataset_digest": digest})
@@ -200,12 +201,19 @@ def _log_data(mlflow, data, split, spec, log_input: bool) -> str:
         "scheme_resolved": data.scheme, "class_names": ",".join(data.class_names), "n_classes": len(data.class_names),
         "image_size_loaded": data.image_size, "input_shape": "x".join(map(str, spec.input_shape)),
         "n_train": split.train.size, "n_val": split.val.size, "n_test": split.test.size,
-        "spec_trainable_params": spec.trainable_params, "spec_total_params": spec.total_params,
-        "flatten_size": spec.flatten_size,
+        **({"zoo_builder": _builder_text(spec.builder(backend))} if spec.is_zoo else {
+            "spec_trainable_params": spec.trainable_params, "spec_total_params": spec.total_params,
+            "flatten_size": spec.flatten_size}),
     })
     if log_input:
         _log_dataset(mlflow, data, digest)
     return digest
+
+
+def _builder_text(builder: dict) -> str:
+    """What built a zoo network, for its run's parameters: 'timm.create_model resnet18'."""
+    module = "timm.create_model" if builder["call"] == "timm" else builder["module"]
+    return f"{module} {builder['name']}"
 
 
 def _fit(config, active, mlflow, backend, model, prepared, hyper, info, trial, progress_prefix, resumed):
@@ -253,11 +261,12 @@ def _evaluate(config, backend, model, prepared, reporter):
     # calibrated ones, *_uncalibrated the network's own (predictions.csv holds the latter)
     temperature = calibration.fit_temperature(labels[split.val], val_proba)
     final.update({"temperature": temperature, **calibration.calibration_metrics(labels[split.test], proba, temperature)})
-    if config.tta:
+    if config.tta != "false":  # test_tta_* over the 40 views, test_tta_dihedral_* over the 8
         tta = np.mean([backend.predict_proba(model, augment.eval_batches(maker, split.test, config.eval_batch_size, v))
-                       for v in range(augment.N_VIEWS)], axis=0)
+                       for v in augment.tta_views(config.tta)], axis=0)
         tta_report = metrics.evaluate(labels[split.test], tta, data.class_names)
-        final.update({f"test_tta_{k}": tta_report[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")})
+        prefix = "test_tta_" if config.tta == "true" else f"test_tta_{config.tta}_"
+        final.update({f"{prefix}{k}": tta_report[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")})
     final.update(reporter.timing())
     final.update({"test_inference_images_per_s": split.test.size / max(eval_time, 1e-9),
                   "peak_host_memory_mb": system.peak_rss_mb(), **backend.device_stats()})
@@ -357,7 +366,7 @@ def _store_for_humans(uri: str) -> str:
     return uri
 
 
-def _write_artifacts(out: Path, config, data, split, spec, report, proba, reporter, digest) -> None:
+def _write_artifacts(out: Path, config, data, split, spec, trainable: int, report, proba, reporter, digest) -> None:
     import pandas as pd
     import yaml
 
@@ -368,5 +377,5 @@ def _write_artifacts(out: Path, config, data, split, spec, report, proba, report
     artifacts.write_split(out, config, data, split, digest)
     (out / "config.yaml").write_text(yaml.safe_dump({**config.to_dict(), "resolved": {
         "scheme": data.scheme, "class_names": list(data.class_names), "input_shape": list(spec.input_shape),
-        "trainable_params": spec.trainable_params, "dataset_digest": digest}}, sort_keys=False))
+        "trainable_params": trainable, "dataset_digest": digest}}, sort_keys=False))
     pd.DataFrame([r.__dict__ for r in reporter.history]).to_csv(out / "history.csv", index=False)

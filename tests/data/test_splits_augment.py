@@ -109,7 +109,8 @@ def test_normalisation_is_one_function():
     assert np.allclose(augment.normalise(x), [0.0, 0.2, 1.0])
 
 
-@pytest.mark.parametrize("mode,per_epoch", [("paper40", 40 * 25), ("random", 25), ("none", 25)])
+@pytest.mark.parametrize("mode,per_epoch", [("paper40", 40 * 25), ("random", 25), ("none", 25), ("dihedral", 25),
+                                            ("rotate", 25)])
 def test_train_stream_modes(mode, per_epoch):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, size=(50, 20, 20, 3), dtype=np.uint8)
@@ -129,7 +130,40 @@ def test_train_stream_modes(mode, per_epoch):
         assert len(pairs) == 40 * 25
     if mode == "none":
         assert (views == 0).all()
+    if mode == "dihedral":  # the centre crop's 8 rotations and mirrors
+        assert set(views.tolist()) <= set(range(augment.N_DIHEDRAL)) and len(set(views.tolist())) > 4
     assert not np.array_equal(stream.plan(1)[0], idx)  # reshuffled every epoch
+    again_idx, again_views = stream.plan(0)  # a pure function of (seed, epoch): resume sees the same
+    assert np.array_equal(again_idx, idx) and np.array_equal(again_views, views)
+
+
+def test_rotate_turns_about_the_centre_and_meets_the_dihedral_views_at_right_angles():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, size=(3, 21, 21, 3), dtype=np.uint8)
+    maker = augment.BatchMaker(images, (2, 1, 0), crop_fraction=17 / 21)
+    index = np.arange(3)
+    dihedral = [maker.batch_uint8(index, v) for v in range(augment.N_DIHEDRAL)]
+    plain = maker.batch_turned(index, np.tile([0.0, 1.0, 0.0], (3, 1)))
+    assert np.array_equal(plain, dihedral[0])  # no turn: the centre crop, view 0
+    for angle in (np.pi / 2, np.pi, 3 * np.pi / 2):
+        for mirror in (0.0, 1.0):
+            turned = maker.batch_turned(index, np.tile([angle, 1.0, mirror], (3, 1)))
+            assert any(np.array_equal(turned, d) for d in dihedral[1:]), (angle, mirror)
+    zoomed = maker.batch_turned(index, np.tile([0.0, 1.1, 0.0], (3, 1)))
+    assert zoomed[:, 8, 8].tolist() == dihedral[0][:, 8, 8].tolist()  # the centre stays put
+    assert not np.array_equal(zoomed, dihedral[0])
+    odd = maker.batch_turned(index, np.tile([0.3, 0.9, 0.0], (3, 1)))  # any angle, and 10 % out
+    assert odd.shape == (3, 17, 17, 3) and odd.dtype == np.uint8
+    assert set(np.unique(odd)) <= set(np.unique(images))  # nearest neighbour: no new values
+
+
+def test_tta_settings_name_their_views():
+    assert list(augment.tta_views("false")) == [0] and list(augment.tta_views(False)) == [0]
+    assert list(augment.tta_views("true")) == list(range(40)) == list(augment.tta_views(True))
+    assert list(augment.tta_views("dihedral")) == list(range(8))
+    assert augment.tta_name("True") == "true" and augment.tta_name("paper40") == "true"
+    with pytest.raises(GalmorphError, match="unknown tta 'sideways'; choose one of false, true, dihedral"):
+        augment.tta_views("sideways")
 
 
 def test_batches_do_not_copy_the_image_array():

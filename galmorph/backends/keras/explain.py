@@ -1,7 +1,9 @@
 """Keras side of galmorph.workflows.explain: what a network's convolutions see, as numpy arrays.
 
 Mirrors galmorph/backends/torch/explain.py function for function. Convolutions are counted
-in network order (0 = the first, -1 = the last); outputs are taken after the ReLU, NHWC.
+in network order (0 = the first, -1 = the last); outputs are taken after the ReLU, NHWC. In
+a zoo network a convolution's own output is taken, and -1 is the last stage's feature map
+before pooling (Grad-CAM's usual layer), as on the PyTorch side.
 The Grad-CAM arithmetic itself is neutral (galmorph.workflows.explain.grad_cam).
 """
 
@@ -15,16 +17,21 @@ from galmorph.core.errors import GalmorphError
 
 
 def _conv(model: keras.Model, layer_index: int):
+    """The output tensor of convolution `layer_index`; in a zoo network (one with galmorph's
+    "pool" layer) -1 is the last stage's feature map before pooling."""
+    names = {layer.name for layer in model.layers}
+    if layer_index == -1 and "pool" in names:
+        return model.get_layer("pool").input
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     try:
-        return convs[layer_index]
+        return convs[layer_index].output
     except IndexError:
         raise GalmorphError(f"{model.name} has {len(convs)} convolutions; layer_index {layer_index} is out of range") from None
 
 
 def feature_maps(model: keras.Model, x: np.ndarray, layer_index: int = 0) -> np.ndarray:
     """float32 (B, h, w, filters): the output of convolution `layer_index` for images x (B, H, W, C)."""
-    sub = keras.Model(model.input, _conv(model, layer_index).output)
+    sub = keras.Model(model.input, _conv(model, layer_index))
     return np.asarray(keras.ops.convert_to_numpy(sub(x, training=False)), dtype=np.float32)
 
 
@@ -34,7 +41,7 @@ def conv_gradients(model: keras.Model, x: np.ndarray, class_index, layer_index: 
     import tensorflow as tf
 
     out = model.get_layer("probabilities")
-    sub = keras.Model(model.input, [_conv(model, layer_index).output, out.input])
+    sub = keras.Model(model.input, [_conv(model, layer_index), out.input])
     index = np.broadcast_to(np.asarray(class_index, dtype=np.int64), (x.shape[0],))
     x = tf.convert_to_tensor(np.asarray(x, dtype=np.float32))
     with tf.GradientTape() as tape:

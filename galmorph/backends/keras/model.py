@@ -8,6 +8,7 @@ import keras
 
 from galmorph.backends.keras.device import policy, settings, strategy
 from galmorph.core import training
+from galmorph.core.errors import GalmorphError
 from galmorph.core.specs import NetworkSpec
 
 
@@ -23,10 +24,12 @@ def build(spec: NetworkSpec, hyper=None) -> keras.Model:
     s = settings(hyper)
     scope = strategy(s.devices)
     with scope.scope() if scope is not None else contextlib.nullcontext():
-        return _build(spec, policy(s.precision))
+        return _build(spec, policy(s.precision), hyper.pretrained == "imagenet")
 
 
-def _build(spec: NetworkSpec, dtype) -> keras.Model:
+def _build(spec: NetworkSpec, dtype, pretrained: bool = False) -> keras.Model:
+    if spec.is_zoo:
+        return _build_zoo(spec, dtype, pretrained)
     inputs = keras.Input(shape=spec.input_shape, name="image")
     x = inputs
     for i, layer in enumerate(spec.layers):
@@ -46,6 +49,53 @@ def _build(spec: NetworkSpec, dtype) -> keras.Model:
         elif layer.type == "output":
             x = keras.layers.Dense(layer.units, activation="softmax", name="probabilities", dtype="float32")(x)
     return keras.Model(inputs, x, name=spec.name)
+
+
+def _build_zoo(spec: NetworkSpec, dtype, pretrained: bool) -> keras.Model:
+    """A zoo network (architectures.yaml `zoo.keras`) with galmorph's head: global average
+    pooling ("pool", whose input Grad-CAM weighs), the classifier dropout and the softmax.
+
+    One flat functional graph from the image input (not the zoo's model nested as one layer),
+    so that explain finds its convolutions and a saved .keras file needs no zoo to load the
+    application builders' layers. A keras_hub backbone brings its own input layer.
+    """
+    import importlib
+
+    builder = spec.builder("keras")
+    args = dict(builder.get("args") or {})
+    try:
+        module = importlib.import_module(builder["module"])
+    except ImportError as exc:
+        raise GalmorphError(f"{spec.name} needs {builder['module'].split('.')[0]} ({exc}); install it with "
+                            f"`pip install {builder['module'].split('.')[0].replace('_', '-')}`") from None
+    make = getattr(module, builder["name"])
+    with _dtype_policy(dtype):
+        if builder["call"] == "backbone":
+            backbone = (make.from_preset(spec.pretrained_name("keras"), image_shape=spec.input_shape, load_weights=True)
+                        if pretrained else make(**args, image_shape=spec.input_shape))
+            inputs, x = backbone.input, backbone.output
+        else:
+            inputs = keras.Input(shape=spec.input_shape, name="image")
+            scaled = keras.layers.Rescaling(float(builder["scale"]), name="to_255")(inputs) if "scale" in builder else inputs
+            app = make(include_top=False, weights=spec.pretrained_name("keras") if pretrained else None,
+                       input_tensor=scaled, pooling=None, **args)
+            x = app.output
+        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+        if spec.layers[-1].rate > 0:
+            x = keras.layers.Dropout(spec.layers[-1].rate, name="head_dropout")(x)
+    x = keras.layers.Dense(spec.n_classes, activation="softmax", name="probabilities", dtype="float32")(x)
+    return keras.Model(inputs, x, name=spec.name)
+
+
+@contextlib.contextmanager
+def _dtype_policy(dtype):
+    """The zoo builders take no dtype: they build under the global policy, set for the while."""
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
 
 
 def count_params(model: keras.Model) -> tuple[int, int]:

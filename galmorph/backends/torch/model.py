@@ -53,6 +53,52 @@ class Net(nn.Module):
         return self.body(x if self.channels_last else x.contiguous())
 
 
+class ZooNet(nn.Module):
+    """A network of timm's zoo (a NetworkSpec with `zoo`), built from scratch by
+    timm.create_model with the spec's bands as input channels, classes and classifier dropout.
+    Takes float32 NHWC images like Net and returns logits; `body` is the timm model."""
+
+    def __init__(self, spec: NetworkSpec, pretrained: bool = False):
+        super().__init__()
+        builder = spec.builder("torch")
+        # with weights: timm's tagged name (resnet18.a1_in1k) picks them, from the Hugging Face
+        # cache or hub; its classifier is left out (another class count) and built fresh
+        name = spec.pretrained_name("torch") if pretrained else builder["name"]
+        self.body = _timm().create_model(name, pretrained=pretrained, num_classes=spec.n_classes,
+                                         in_chans=spec.input_shape[-1], drop_rate=spec.layers[-1].rate,
+                                         **builder.get("args", {}))
+        self.channels_last = False
+        self.precision = "fp32"
+        self.spec_name = spec.name
+        self.input_shape = spec.input_shape
+        self.n_classes = spec.n_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2)
+        return self.body(x if self.channels_last else x.contiguous())
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """NCHW input -> the last stage's feature map, before pooling (what Grad-CAM weighs)."""
+        return self.body.forward_features(x)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.body.forward_head(features)
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError as exc:
+        raise GalmorphError(f"the zoo networks need timm ({exc}); install it with `pip install timm`") from None
+    return timm
+
+
+def n_outputs(net: nn.Module) -> int:
+    """The number of classes a galmorph network (Net or ZooNet) predicts."""
+    net = unwrap(net)
+    return net.n_classes if isinstance(net, ZooNet) else net.body[-1].out_features
+
+
 class _FlattenNHWC(nn.Module):
     """Flatten in (H, W, C) order, as Keras does, so flattened features line up across backends."""
 
@@ -79,8 +125,8 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
         return super().train(False)
 
 
-def build(spec: NetworkSpec, hyper=None) -> Net:
-    net = Net(spec)
+def build(spec: NetworkSpec, hyper=None) -> nn.Module:
+    net = ZooNet(spec, getattr(hyper, "pretrained", "none") == "imagenet") if spec.is_zoo else Net(spec)
     wanted = hyper.channels_last if hyper is not None else "auto"
     set_channels_last(net, acceleration.switch(wanted, torch.cuda.is_available()))
     return net
@@ -120,7 +166,10 @@ def save_network(model: nn.Module, directory: str) -> list[str]:
 
     net = copy.deepcopy(unwrap(model)).to("cpu").eval()
     torch.save(net, f"{directory}/{NETWORK_FILE}")
-    return [f"torch=={torch.__version__.split('+')[0]}"]
+    needs = [f"torch=={torch.__version__.split('+')[0]}"]
+    if isinstance(net, ZooNet):  # unpickling imports timm's modules
+        needs.append(f"timm=={_timm().__version__}")
+    return needs
 
 
 def load_network(directory: str) -> nn.Module:

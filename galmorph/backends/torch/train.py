@@ -18,7 +18,7 @@ from torch import nn
 
 from galmorph.backends.torch import distributed
 from galmorph.backends.torch.device import AUTOCAST_DTYPES, device, replica, settings
-from galmorph.backends.torch.model import FrozenBatchNorm2d, set_channels_last
+from galmorph.backends.torch.model import FrozenBatchNorm2d, n_outputs, set_channels_last
 from galmorph.core import acceleration, training
 from galmorph.data import pipeline
 
@@ -239,8 +239,7 @@ def predict_proba(model: nn.Module, batches) -> np.ndarray:
         for x in batches:
             out.append(torch.softmax(model(_to_device(x, dev)).float(), dim=1).cpu().numpy())
     model.train(was_training)
-    n_classes = model.body[-1].out_features
-    return np.concatenate(out) if out else np.zeros((0, n_classes), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, n_outputs(model)), np.float32)
 
 
 def device_stats() -> dict:

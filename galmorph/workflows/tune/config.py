@@ -40,7 +40,7 @@ class TuneConfig:
 
     base: TrainConfig = nested(TrainConfig, exclude=("log_model", "tta", "explain", "experiment", "run_name",
                                                      "register_as", "alias"),
-                               defaults={"epochs": 10, "log_model": False, "tta": False})
+                               defaults={"epochs": 10, "log_model": False, "tta": "false"})
     n_trials: int = option(20, "trials this invocation runs (a resumed study adds this many; 0 = until --timeout)")
     timeout: float = option(0.0, "stop starting new trials after this many seconds (0 = no limit)")
     study_name: str = option("", "Optuna study name; rerunning with the same name and storage continues the study (default: <model>-<backend>-<dataset>-<scheme>)")
@@ -107,7 +107,7 @@ class RetrainConfig:
     epochs: int = option(0, "epochs on train+validation (0 = the trial's best epoch + 1, where its validation loss was lowest)")
     dataset: str = option("", "the dataset path, where it differs from the one the study recorded (same content required)")
     threads: int = option(0, "CPU threads for the framework (0 = all cores)")
-    tta: bool = option(False, "also report test metrics averaged over the 40 views")
+    tta: str = option_of(TrainConfig, "tta")
     log_model: bool = option(True, "log the retrained model to MLflow")
     register_as: str = option_of(TrainConfig, "register_as")
     alias: str = option_of(TrainConfig, "alias")

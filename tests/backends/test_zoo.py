@@ -1,0 +1,146 @@
+"""The model zoos' networks (experiments/architectures.yaml `zoo`): both backends build the
+same network as timm counts it, train a step on 69 px galaxies' crops, and save and load it."""
+
+import json
+
+import pytest
+from conftest import child_env, run_python
+
+ZOO = ("resnet18", "resnet50", "efficientnet_b0", "convnext_nano")
+SHAPES = ((63, 63, 1), (63, 63, 3))  # the crops of 69 px images, 1 band and 3
+N_CLASSES = 5
+
+
+def _backend_probe(backend: str) -> dict:
+    """Per zoo network and shape: (trainable, total) counts, and for 63x63x1 the loss of one
+    training step, the weights' change and probabilities before and after a save/load."""
+    code = f"""
+import json, tempfile
+import numpy as np
+from galmorph import backends
+from galmorph.core import specs, training
+b = backends.get({backend!r})
+b.setup(0, threads=1)
+hyper = training.Hyper(epochs=1, learning_rate=1e-3, lr_schedule="constant", warmup_epochs=0, optimizer="adam",
+                       weight_decay=0.0, label_smoothing=0.0, class_weight=None, eval_batch_size=8, precision="fp32",
+                       compile="false", channels_last="false", loader_workers=0, prefetch=0, pin_memory="false", devices=1)
+rng = np.random.default_rng(0)
+out = {{}}
+for name in {ZOO!r}:
+    for shape in {SHAPES!r}:
+        spec = specs.resolve(name, shape, {N_CLASSES})
+        model = b.build(spec, hyper)
+        row = {{"counts": list(b.count_params(model))}}
+        if shape[-1] == 1:
+            x = rng.random((4, *shape), dtype=np.float32)
+            y = rng.integers(0, {N_CLASSES}, 4)
+            before = b.predict_proba(model, [x])
+            rate = b.step_rate(model, hyper, x, y, steps=1, warmup=0)
+            after = b.predict_proba(model, [x])
+            with tempfile.TemporaryDirectory() as d:
+                b.save_network(model, d)
+                loaded = b.predict_proba(b.load_network(d), [x])
+            row.update(rate=rate[0], sums=after.sum(1).tolist(), changed=float(np.abs(after - before).max()),
+                       reloaded=float(np.abs(loaded - after).max()))
+        out[f"{{name}}{{shape}}"] = row
+print(json.dumps(out))
+"""
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _timm_counts() -> dict:
+    code = f"""
+import json, timm
+out = {{}}
+for name in {ZOO!r}:
+    for shape in {SHAPES!r}:
+        m = timm.create_model(name, pretrained=False, num_classes={N_CLASSES}, in_chans=shape[-1])
+        out[f"{{name}}{{shape}}"] = sum(p.numel() for p in m.parameters())
+print(json.dumps(out))
+"""
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def probes():
+    return {"keras": _backend_probe("keras"), "torch": _backend_probe("torch"), "timm": _timm_counts()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ZOO)
+def test_both_backends_build_the_zoo_network_timm_counts(probes, name):
+    for shape in SHAPES:
+        key = f"{name}{shape}"
+        keras_trainable, _ = probes["keras"][key]["counts"]
+        torch_trainable, _ = probes["torch"][key]["counts"]
+        assert keras_trainable == torch_trainable == probes["timm"][key], key
+    assert probes["timm"][f"{name}(63, 63, 3)"] > probes["timm"][f"{name}(63, 63, 1)"]  # the stem sees 3 bands
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ("keras", "torch"))
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_network_trains_a_step_and_survives_save_and_load(probes, backend, name):
+    row = probes[backend][f"{name}(63, 63, 1)"]
+    assert row["rate"] > 0
+    assert all(abs(s - 1) < 1e-4 for s in row["sums"])  # probabilities
+    assert row["changed"] > 0  # the step moved the weights
+    assert row["reloaded"] < 1e-5  # the saved network predicts as the trained one
+
+
+def test_resnet18_count_is_the_published_one_at_224_px_and_1000_classes():
+    """The zoo's network, not a look-alike: ResNet-18 has 11,689,512 parameters (He et al. 2016,
+    as every zoo counts it) at ImageNet's 224x224x3 and 1,000 classes."""
+    from galmorph.core import specs
+
+    spec = specs.resolve("resnet18", (224, 224, 3), 1000)
+    proc = run_python(
+        "from galmorph import backends\nfrom galmorph.core import specs\n"
+        "b = backends.get('torch')\n"
+        "print(b.count_params(b.build(specs.resolve('resnet18', (224, 224, 3), 1000)))[0])\n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) == 11_689_512
+    assert spec.is_zoo and spec.input_shape == (224, 224, 3)
+
+
+BAD = [
+    (["--model", "resnet9"], "unknown model 'resnet9'; choose one of c1, c2, convnext_nano, efficientnet_b0, "
+                             "resnet18, resnet50"),
+    (["--model", "resnet18", "--image-size", "32"], "input 29x29 is too small for resnet18, which needs at least 32x32"),
+    (["--model", "resnet18", "--width", "2"], "width and dense_units apply to c1 and c2"),
+    (["--model", "resnet18", "--pretrained", "imagenet"], "pretrained imagenet weights take 3 bands and band g is 1"),
+    (["--model", "c2", "--pretrained", "imagenet"], "pretrained imagenet applies to the zoo networks"),
+    (["--model", "convnext_nano", "--backend", "keras", "--pretrained", "imagenet", "--band", "gri"],
+     "the keras zoo has no ImageNet weights for convnext_nano"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory):
+    """Each BAD case through `python -m galmorph train`, two at a time: (folder, process)."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(case):
+        folder = tmp_path_factory.mktemp("bad")
+        env = child_env({"MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}", "GALMORPH_CACHE": str(folder / "cache")})
+        return folder, subprocess.run([sys.executable, "-m", "galmorph", "train", "--dataset", "synthetic",
+                                       "--synthetic-n", "200", "--epochs", "1", *case[0]],
+                                      capture_output=True, text=True, env=env, cwd=folder, timeout=300)
+
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(run, BAD))
+
+
+@pytest.mark.parametrize("case", range(len(BAD)))
+def test_bad_zoo_settings_are_one_line_before_any_training(bad_runs, case):
+    folder, proc = bad_runs[case]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("galmorph: error: ") and BAD[case][1] in lines[0], proc.stderr
+    assert not (folder / "cache" / "checkpoints").exists() or not any((folder / "cache" / "checkpoints").iterdir())
