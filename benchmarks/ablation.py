@@ -101,11 +101,24 @@ def sweep(args, configs: dict[str, dict]) -> dict[tuple[str, int], dict]:
     return results
 
 
+def _lowest_recall(metrics: dict) -> float:
+    """The recall of the class found least often (test_recall_<class>): the rare class's fate."""
+    return min(v for k, v in metrics.items() if k.startswith("test_recall_"))
+
+
+# the cost beside the gain: (column, how a run's metrics give it)
+COST = (("lowest class recall", _lowest_recall),
+        ("parameters (M)", lambda m: m["trainable_params"] / 1e6),
+        ("train img/s", lambda m: m["train_images_per_s"]),
+        ("min/run", lambda m: m["fit_time_s"] / 60))
+
+
 def table(results: dict, configs: dict, seeds: list[int]) -> str:
-    """Markdown: mean +- std per metric, and the paired gain over the baseline +- its SE."""
+    """Markdown: mean +- std per metric, the paired gain over the baseline +- its SE, then the
+    lowest per-class recall and the cost (parameters, training images/s, minutes per run)."""
     head = "| configuration | seeds | " + " | ".join(m.removeprefix("test_") for m in METRICS) + \
-           " | gain in accuracy | gain in balanced accuracy |"
-    lines = [head, "|" + "---|" * (len(METRICS) + 4)]
+           " | gain in accuracy | gain in balanced accuracy | " + " | ".join(c for c, _ in COST) + " |"
+    lines = [head, "|" + "---|" * (len(METRICS) + 4 + len(COST))]
     for name in configs:
         have = [s for s in seeds if (name, s) in results]
         if not have:
@@ -115,7 +128,12 @@ def table(results: dict, configs: dict, seeds: list[int]) -> str:
             vals = [results[(name, s)][m] for s in have if m in results[(name, s)]]
             cells.append("{:.3f} ± {:.3f}".format(*stats.mean_std(vals)) if vals else "-")
         gains = [_gain(results, name, have, m) for m in ("test_accuracy", "test_balanced_accuracy")]
-        lines.append(f"| {name} | {len(have)} | " + " | ".join(cells) + " | " + " | ".join(gains) + " |")
+        costs = []
+        for _, value in COST:
+            vals = [value(results[(name, s)]) for s in have]
+            costs.append("{:.3g} ± {:.2g}".format(*stats.mean_std(vals)) if len(vals) > 1 else f"{vals[0]:.3g}")
+        lines.append(f"| {name} | {len(have)} | " + " | ".join(cells) + " | " + " | ".join(gains) + " | "
+                     + " | ".join(costs) + " |")
     return "\n".join(lines)
 
 

@@ -61,10 +61,12 @@ class ModelInfo:
 @dataclass
 class Prediction:
     """proba: float64 (N, K) class probabilities; std: float64 (N, K), the members' standard
-    deviation (ensembles only, else None)."""
+    deviation (ensembles only, else None); weights: the model's decision rule (per-class
+    weights of galmorph.core.decision, chosen on its validation split), None for the argmax."""
 
     proba: np.ndarray
     std: np.ndarray | None = field(default=None)
+    weights: tuple[float, ...] | None = field(default=None)
 
 
 def column(name: str) -> str:
@@ -73,8 +75,11 @@ def column(name: str) -> str:
 
 
 def table(prediction: Prediction, class_names) -> "pandas.DataFrame":  # noqa: F821
-    """One row per image: p_<class> for every class, predicted (class name), confidence (the
-    top probability) and, for ensembles, p_<class>_std."""
+    """One row per image: p_<class> for every class, predicted (the class the model's decision
+    rule names: galmorph.core.decision), confidence (that class's probability) and, for
+    ensembles, p_<class>_std."""
+    from galmorph.core.decision import decide
+
     import pandas as pd
 
     names = list(class_names)
@@ -82,8 +87,9 @@ def table(prediction: Prediction, class_names) -> "pandas.DataFrame":  # noqa: F
     if proba.ndim != 2 or proba.shape[1] != len(names):
         raise ValueError(f"probabilities {proba.shape} do not match {len(names)} classes")
     out = {column(n): proba[:, i] for i, n in enumerate(names)}
-    out["predicted"] = np.asarray(names, dtype=object)[proba.argmax(axis=1)] if len(proba) else np.zeros(0, object)
-    out["confidence"] = proba.max(axis=1) if len(proba) else np.zeros(0)
+    named = decide(proba, prediction.weights) if len(proba) else np.zeros(0, np.intp)
+    out["predicted"] = np.asarray(names, dtype=object)[named] if len(proba) else np.zeros(0, object)
+    out["confidence"] = proba[np.arange(len(proba)), named]
     if prediction.std is not None:
         out.update({f"{column(n)}_std": np.asarray(prediction.std, dtype=np.float64)[:, i] for i, n in enumerate(names)})
     return pd.DataFrame(out)
@@ -124,6 +130,11 @@ class LoadedModel:
         with the stored temperature(s) applied (False: the network as trained)."""
         x = check_images(images, self.info.image_side)
         return self._model.prediction(x, tta=tta, calibrated=bool(calibrated))
+
+    @property
+    def decision_weights(self) -> tuple[float, ...] | None:
+        """The per-class weights of the model's decision rule (None: the plain argmax)."""
+        return self._model.decision_weights
 
     def table(self, prediction: Prediction):
         return table(prediction, self.info.class_names)

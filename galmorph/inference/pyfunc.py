@@ -75,18 +75,22 @@ class GalmorphModel(mlflow.pyfunc.PythonModel):
     """
 
     info: dict = {}  # ModelInfo.to_dict(), from the artifact INFO
+    decision_weights: tuple[float, ...] | None = None  # the members' mean decision-rule weights
 
     def load_context(self, context):
         self.info = json.loads(Path(context.artifacts[INFO]).read_text())
         keys = sorted((k for k in context.artifacts if k.startswith(MEMBER)), key=lambda k: int(k[len(MEMBER):]))
         self.members = [_Member(context.artifacts[k]) for k in keys]
+        found = [m.settings["decision_weights"] for m in self.members if m.settings.get("decision_weights")]
+        # models logged before galmorph chose a decision rule name the argmax
+        self.decision_weights = tuple(np.mean(found, axis=0).tolist()) if len(found) == len(self.members) else None
 
     def prediction(self, x: np.ndarray, *, tta: bool | str = False, calibrated: bool = True) -> Prediction:
         probs = [m.proba(x, tta, calibrated) for m in self.members]
         if self.info["kind"] != "ensemble":
-            return Prediction(probs[0])
+            return Prediction(probs[0], weights=self.decision_weights)
         stack = np.stack(probs)
-        return Prediction(stack.mean(axis=0), stack.std(axis=0))
+        return Prediction(stack.mean(axis=0), stack.std(axis=0), self.decision_weights)
 
     def predict(self, context, model_input: np.ndarray, params: dict | None = None):
         params = {**PARAMS, **(params or {})}
@@ -126,17 +130,22 @@ def signature(info: ModelInfo):
 
 
 def member_settings(backend_name: str, *, channels, crop_fraction: float, batch_size: int, temperature: float,
-                    info: ModelInfo) -> dict:
-    """What settings.json holds: everything a network's predict needs besides its weights."""
-    return {"backend": backend_name, "channels": [int(c) for c in channels], "crop_fraction": float(crop_fraction),
-            "batch_size": int(batch_size), "temperature": float(temperature),
-            "class_names": list(info.class_names), "image_side": int(info.image_side)}
+                    info: ModelInfo, decision_weights=None) -> dict:
+    """What settings.json holds: everything a network's predict needs besides its weights;
+    decision_weights: its decision rule (galmorph.core.decision), None for the argmax."""
+    out = {"backend": backend_name, "channels": [int(c) for c in channels], "crop_fraction": float(crop_fraction),
+           "batch_size": int(batch_size), "temperature": float(temperature),
+           "class_names": list(info.class_names), "image_side": int(info.image_side)}
+    if decision_weights is not None:
+        out["decision_weights"] = [float(w) for w in decision_weights]
+    return out
 
 
-def log_run_model(backend, network, config, prepared, temperature: float, run_id: str) -> str:
+def log_run_model(backend, network, config, prepared, temperature: float, run_id: str, decision_weights=None) -> str:
     """Log a training run's network (galmorph.workflows.train) with what its run knows: the
     class names, image side and pixel scale of its data, its band channels, crop and
-    evaluation batch size, its calibration `temperature`; three test images as the example."""
+    evaluation batch size, its calibration `temperature` and decision rule (`decision_weights`,
+    chosen on its validation split); three test images as the example."""
     from galmorph.data import registry
 
     data, split, maker = prepared.data, prepared.split, prepared.maker
@@ -145,7 +154,8 @@ def log_run_model(backend, network, config, prepared, temperature: float, run_id
                      backend=config.backend, dataset=config.dataset, scheme=data.scheme,
                      temperature=float(temperature), run_id=run_id)
     settings = member_settings(config.backend, channels=maker.channels, crop_fraction=config.crop_fraction,
-                               batch_size=config.eval_batch_size, temperature=temperature, info=info)
+                               batch_size=config.eval_batch_size, temperature=temperature, info=info,
+                               decision_weights=decision_weights)
     example = data.images[split.test[: min(3, split.test.size)]]
     return log_single(backend, network, info, settings, example)
 

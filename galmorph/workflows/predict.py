@@ -203,7 +203,7 @@ def _write_output(path: Path, collector: _Collector, class_names) -> None:
     k = len(class_names)
     proba = np.concatenate(collector.proba) if collector.proba else np.zeros((0, k))
     std = np.concatenate(collector.std) if collector.std else None
-    probs = table(Prediction(proba, std), class_names)
+    probs = table(Prediction(proba, std, collector.model.decision_weights), class_names)
     # object columns: an h5 file's integer ids stay integers beside the rows without one
     meta = pd.DataFrame(collector.meta, columns=_meta_columns(collector.meta), dtype=object)
     frame = pd.concat([meta.reset_index(drop=True), probs.reset_index(drop=True)], axis=1)

@@ -14,7 +14,7 @@ import numpy as np
 
 from galmorph import backends, presets, tracking
 from galmorph.config import TrainConfig
-from galmorph.core import calibration, checkpoints, metrics, progress, specs, system, training
+from galmorph.core import calibration, checkpoints, decision, metrics, progress, specs, system, training
 from galmorph.data import augment, registry
 from galmorph.tracking import artifacts, liveness, model_registry, tags
 from galmorph.tracking import figures as plots
@@ -164,7 +164,7 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
 
     model, reporter, fit_time = _fit(config, active, mlflow, backend, model, prepared, hyper, info, trial,
                                      progress_prefix, resumed)
-    final, report, proba, temperature = _evaluate(config, backend, model, prepared, reporter)
+    final, report, proba, temperature, rule = _evaluate(config, backend, model, prepared, reporter)
     final["fit_time_s"] = fit_time
     mlflow.log_metrics(final)
     backend.finish(final)
@@ -184,7 +184,7 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
             pyfunc,  # imports mlflow.pyfunc: only where a model is logged
         )
 
-        uri = pyfunc.log_run_model(backend, model, config, prepared, temperature, active.info.run_id)
+        uri = pyfunc.log_run_model(backend, model, config, prepared, temperature, active.info.run_id, rule.weights)
         mlflow.set_tag(tags.MODEL_URI, uri)
         if config.register_as:
             model_registry.register(uri, config.register_as, config.alias, final,
@@ -261,6 +261,8 @@ def _evaluate(config, backend, model, prepared, reporter):
     # calibrated ones, *_uncalibrated the network's own (predictions.csv holds the latter)
     temperature = calibration.fit_temperature(labels[split.val], val_proba)
     final.update({"temperature": temperature, **calibration.calibration_metrics(labels[split.test], proba, temperature)})
+    rule = _decision_rule(labels[split.train], labels[split.val], labels[split.test], val_proba, proba, temperature,
+                          data.class_names, final)
     if config.tta != "false":  # test_tta_* over the 40 views, test_tta_dihedral_* over the 8
         tta = np.mean([backend.predict_proba(model, augment.eval_batches(maker, split.test, config.eval_batch_size, v))
                        for v in augment.tta_views(config.tta)], axis=0)
@@ -270,7 +272,21 @@ def _evaluate(config, backend, model, prepared, reporter):
     final.update(reporter.timing())
     final.update({"test_inference_images_per_s": split.test.size / max(eval_time, 1e-9),
                   "peak_host_memory_mb": system.peak_rss_mb(), **backend.device_stats()})
-    return final, report, proba, temperature
+    return final, report, proba, temperature, rule
+
+
+def _decision_rule(y_train, y_val, y_test, val_proba, test_proba, temperature, class_names, final: dict):
+    """The logged model's decision rule, chosen on the validation split (galmorph.core.decision)
+    from the calibrated probabilities; its test metrics (test_decision_*) go into `final`."""
+    prior = np.bincount(y_train, minlength=len(class_names)) / max(y_train.size, 1)
+    rule = decision.choose(y_val, calibration.apply_temperature(val_proba, temperature), prior)
+    scores = decision.reweighted(calibration.apply_temperature(test_proba, temperature), rule.weights)
+    found = metrics.evaluate(y_test, scores, class_names)
+    final.update({"decision_alpha": rule.alpha,
+                  **{f"test_decision_{k}": found[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")},
+                  **{f"test_decision_recall_{metrics.metric_safe(n)}": found["per_class"][n]["recall"]
+                     for n in class_names}})
+    return rule
 
 
 def _data_parallel(config: TrainConfig) -> dict | None:

@@ -144,3 +144,123 @@ def test_bad_zoo_settings_are_one_line_before_any_training(bad_runs, case):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("galmorph: error: ") and BAD[case][1] in lines[0], proc.stderr
     assert not (folder / "cache" / "checkpoints").exists() or not any((folder / "cache" / "checkpoints").iterdir())
+
+
+PRETRAINED = """
+import sys
+import numpy as np, torch
+from galmorph import backends
+from galmorph.core import specs, training
+from galmorph.core.errors import GalmorphError
+b = backends.get("torch")
+hyper = training.Hyper(epochs=1, learning_rate=1e-3, lr_schedule="constant", warmup_epochs=0, optimizer="adam",
+                       weight_decay=0.0, label_smoothing=0.0, class_weight=None, eval_batch_size=8, precision="fp32",
+                       compile="false", channels_last="false", loader_workers=0, prefetch=0, pin_memory="false",
+                       devices=1, pretrained="imagenet")
+try:
+    net = b.build(specs.resolve("resnet18", (63, 63, 3), 5), hyper)
+except GalmorphError as exc:
+    print("ERROR", exc)
+    sys.exit(0)
+saved = torch.load(sys.argv[1])
+print("conv1", float((net.body.conv1.weight - saved["conv1.weight"]).abs().max()))
+print("fc", tuple(net.body.fc.weight.shape))
+"""
+
+
+@pytest.mark.slow
+def test_pretrained_imagenet_weights_come_from_the_zoos_cache_offline(tmp_path):
+    """timm's ImageNet weights for resnet18, placed in the Hugging Face cache as the hub would
+    (models--timm--resnet18.a1_in1k), load offline into the network (the classifier stays new);
+    with an empty cache, offline, the build is a one-line error and the cache stays empty."""
+    import subprocess
+    import sys
+
+    make = (
+        "import sys, torch, timm\nfrom safetensors.torch import save_file\n"
+        "torch.manual_seed(5)\nm = timm.create_model('resnet18', num_classes=1000)\n"
+        "state = {k: v.contiguous() for k, v in m.state_dict().items()}\n"
+        "save_file(state, sys.argv[1])\ntorch.save(state, sys.argv[2])\n")
+    snapshot = tmp_path / "hf" / "hub" / "models--timm--resnet18.a1_in1k" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    proc = subprocess.run([sys.executable, "-c", make, str(snapshot / "model.safetensors"), str(tmp_path / "w.pt")],
+                          capture_output=True, text=True, env=child_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    def build(hf_home):
+        env = child_env({"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
+        out = subprocess.run([sys.executable, "-c", PRETRAINED, str(tmp_path / "w.pt")], capture_output=True,
+                             text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout
+
+    loaded = build(tmp_path / "hf")
+    assert "conv1 0.0" in loaded and "fc (5, 512)" in loaded, loaded
+    empty = tmp_path / "empty"
+    missing = build(empty)
+    assert missing.startswith("ERROR could not load the ImageNet weights timm/resnet18.a1_in1k"), missing
+    assert "drop --pretrained" in missing and not any(p.is_file() for p in empty.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def zoo_runs(tmp_path_factory):
+    """resnet18 through `mlflow run . -e train` in each backend (1 epoch, tiny synthetic set),
+    then `galmorph predict` (--tta dihedral) and `galmorph explain` of each run."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mlflow
+    from conftest import REPO, make_h5
+
+    tmp = tmp_path_factory.mktemp("zoo-runs")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    env = child_env({"MLFLOW_TRACKING_URI": uri})
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.create_experiment("zoo", artifact_location=(tmp / "artifacts").as_uri())
+    galaxies = make_h5(tmp / "galaxies.h5", n=12, size=69, n_classes=4)
+
+    def chain(backend):
+        run = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local",
+                              "--experiment-name", "zoo", "-P", "model=resnet18", "-P", f"backend={backend}",
+                              "-P", "dataset=synthetic", "-P", "synthetic_n=160", "-P", "epochs=1", "-P", "threads=1",
+                              "-P", "augment=rotate"], capture_output=True, text=True, env=env, timeout=900, cwd=tmp)
+        assert run.returncode == 0, run.stderr[-3000:]
+        found = client.search_runs([client.get_experiment_by_name("zoo").experiment_id],
+                                   f"params.backend = '{backend}'")
+        assert len(found) == 1
+        run_id = found[0].info.run_id
+        out = tmp / f"{backend}.csv"
+        predict = subprocess.run([sys.executable, "-m", "galmorph", "predict", run_id, str(galaxies), "--output",
+                                  str(out), "--tta", "dihedral"], capture_output=True, text=True, env=env, timeout=600,
+                                 cwd=tmp)
+        explain = subprocess.run([sys.executable, "-m", "galmorph", "explain", "--run-id", run_id], capture_output=True,
+                                 text=True, env=env, timeout=600, cwd=tmp)
+        return run_id, predict, explain, out
+
+    with ThreadPoolExecutor(2) as pool:
+        found = dict(zip(("keras", "torch"), pool.map(chain, ("keras", "torch"))))
+    return client, found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ("keras", "torch"))
+def test_resnet18_trains_through_mlflow_run_then_predicts_and_explains(zoo_runs, backend):
+    import pandas as pd
+
+    client, found = zoo_runs
+    run_id, predict, explain, out = found[backend]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["model"] == "resnet18"
+    assert run.data.params["augment"] == "rotate"
+    assert run.data.params["zoo_builder"] == {"torch": "timm.create_model resnet18",
+                                              "keras": "keras_hub.models ResNetBackbone"}[backend]
+    assert run.data.metrics["trainable_params"] == 11_172_805 - 513  # timm's count, 4 classes
+    assert predict.returncode == 0, predict.stderr[-2000:]
+    table = pd.read_csv(out)
+    assert len(table) == 12 and abs(table.filter(like="p_").sum(axis=1) - 1).max() < 1e-6
+    assert explain.returncode == 0, explain.stderr[-2000:]
+    names = {a.path for a in client.list_artifacts(run_id, "explain")}
+    assert any("grad_cam" in n for n in names), names

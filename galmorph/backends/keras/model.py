@@ -56,19 +56,28 @@ def _build_zoo(spec: NetworkSpec, dtype, pretrained: bool) -> keras.Model:
     pooling ("pool", whose input Grad-CAM weighs), the classifier dropout and the softmax.
 
     One flat functional graph from the image input (not the zoo's model nested as one layer),
-    so that explain finds its convolutions and a saved .keras file needs no zoo to load the
-    application builders' layers. A keras_hub backbone brings its own input layer.
+    so that explain finds its convolutions. A keras_hub backbone brings its own input layer.
     """
     import importlib
 
     builder = spec.builder("keras")
-    args = dict(builder.get("args") or {})
     try:
         module = importlib.import_module(builder["module"])
     except ImportError as exc:
         raise GalmorphError(f"{spec.name} needs {builder['module'].split('.')[0]} ({exc}); install it with "
                             f"`pip install {builder['module'].split('.')[0].replace('_', '-')}`") from None
     make = getattr(module, builder["name"])
+    try:
+        return _zoo_graph(spec, builder, make, dict(builder.get("args") or {}), dtype, pretrained)
+    except (OSError, ValueError) as exc:  # no download and no cached copy
+        if not pretrained:
+            raise
+        raise GalmorphError(f"could not load the ImageNet weights {spec.pretrained_name('keras')} of {spec.name} "
+                            f"({type(exc).__name__}); connect to the internet once (Keras caches them), or drop "
+                            "--pretrained") from None
+
+
+def _zoo_graph(spec: NetworkSpec, builder: dict, make, args: dict, dtype, pretrained: bool) -> keras.Model:
     with _dtype_policy(dtype):
         if builder["call"] == "backbone":
             backbone = (make.from_preset(spec.pretrained_name("keras"), image_shape=spec.input_shape, load_weights=True)

@@ -64,9 +64,16 @@ class ZooNet(nn.Module):
         # with weights: timm's tagged name (resnet18.a1_in1k) picks them, from the Hugging Face
         # cache or hub; its classifier is left out (another class count) and built fresh
         name = spec.pretrained_name("torch") if pretrained else builder["name"]
-        self.body = _timm().create_model(name, pretrained=pretrained, num_classes=spec.n_classes,
-                                         in_chans=spec.input_shape[-1], drop_rate=spec.layers[-1].rate,
-                                         **builder.get("args", {}))
+        try:
+            self.body = _timm().create_model(name, pretrained=pretrained, num_classes=spec.n_classes,
+                                             in_chans=spec.input_shape[-1], drop_rate=spec.layers[-1].rate,
+                                             **builder.get("args", {}))
+        except (OSError, ValueError, RuntimeError) as exc:  # no hub and no cached copy, or a broken one
+            if not pretrained:
+                raise
+            raise GalmorphError(f"could not load the ImageNet weights timm/{name} from the Hugging Face cache or hub "
+                                f"({type(exc).__name__}); connect to the internet once (they are cached in "
+                                "$HF_HOME), or drop --pretrained") from None
         self.channels_last = False
         self.precision = "fp32"
         self.spec_name = spec.name

@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from galmorph.config import TrainConfig
+from galmorph.core import specs
 from galmorph.core.errors import GalmorphError
 from galmorph.core.paths import experiments_dir
 from galmorph.workflows.tune.config import TUNABLE
@@ -55,6 +56,8 @@ def space_path(model: str, search_space: str = "") -> Path:
         path = Path(search_space).expanduser()
     else:
         path = experiments_dir() / "search_spaces" / f"{model}.yaml"
+        if not path.is_file() and specs.is_zoo(model):  # one space for the zoo networks
+            path = path.with_name("zoo.yaml")
     if not path.is_file():
         raise GalmorphError(f"search space {path} does not exist; write one like experiments/search_spaces/c2.yaml")
     return path
@@ -76,7 +79,8 @@ def load_space(model: str, search_space: str = "") -> SearchSpace:
     unknown = set(doc) - {"model", "params", "description"}
     if unknown:
         raise GalmorphError(f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))}; allowed: model, params, description")
-    if doc.get("model") != model:
+    models = doc.get("model") if isinstance(doc.get("model"), list) else [doc.get("model")]
+    if model not in models:
         raise GalmorphError(f"{where} is a search space for model {doc.get('model')!r}, not {model!r}")
     config_fields = {f.name: f for f in fields(TrainConfig)}
     params: list[Param] = []
@@ -215,7 +219,6 @@ def baseline(space: SearchSpace, base: TrainConfig) -> tuple[dict, dict]:
 
 def _architecture_values(base: TrainConfig) -> dict:
     """What base's sentinel settings stand for in its network's spec (only where unambiguous)."""
-    from galmorph.core import specs
 
     spec = specs.resolve(base.model, (128, 128, 1), 2, **base.arch_kwargs())
     out = {}
