@@ -378,6 +378,9 @@ def quiet_mlflow() -> None:
     import os
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # galmorph's commands draw their own progress; MLflow's per-download bars ("Downloading
+    # artifacts: 100%|...") would interleave with it (explain, report)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if "mlflow" in sys.modules:  # already configured at import
         logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
 
