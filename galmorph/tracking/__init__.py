@@ -12,7 +12,7 @@ from galmorph.tracking.runs import (
     validated,
 )
 from galmorph.tracking.secrets import redact
-from galmorph.tracking.store import check_store, store_problem
+from galmorph.tracking.store import check_artifacts, check_store, store_problem
 
-__all__ = ["artifact_dir", "check_experiment", "check_store", "configure", "log_params", "redact", "require_finite",
+__all__ = ["artifact_dir", "check_artifacts", "check_experiment", "check_store", "configure", "log_params", "redact", "require_finite",
            "run", "store_problem", "validated"]

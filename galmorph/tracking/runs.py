@@ -13,7 +13,7 @@ from pathlib import Path
 from galmorph.core import interrupts
 from galmorph.core.errors import GalmorphError, chain
 from galmorph.tracking.secrets import redact
-from galmorph.tracking.store import check_store, store_problem
+from galmorph.tracking.store import check_artifacts, check_store, store_problem
 
 MONITOR_STOP_S = 5.0  # the most ending a run waits for MLflow's system-metrics thread
 
@@ -84,6 +84,7 @@ def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None 
         kwargs["log_system_metrics"] = True
     active = mlflow.start_run(**kwargs)
     try:
+        check_artifacts(active.info.artifact_uri)  # before the work, whose results go there
         yield active
     except BaseException as exc:
         signal_name = interrupts.handled()

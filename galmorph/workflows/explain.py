@@ -230,6 +230,7 @@ def explain_run(run_id: str, *, per_class: int = 3) -> dict:
     uri = run.data.tags.get("model_uri")
     if not uri:
         raise GalmorphError(f"run {run_id} logged no model (log_model was false); train it again with --log-model true")
+    tracking.check_artifacts(run.info.artifact_uri)  # the figures go there: checked before the model is loaded
     with tempfile.TemporaryDirectory(prefix="galmorph-explain-") as tmp:
         cfg = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text())
         split_file = client.download_artifacts(run_id, "splits.json", tmp)
