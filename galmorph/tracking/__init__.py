@@ -7,6 +7,7 @@ from galmorph.tracking.runs import (
     check_experiment,
     configure,
     log_params,
+    record_failure,
     require_finite,
     run,
     validated,
@@ -14,5 +15,5 @@ from galmorph.tracking.runs import (
 from galmorph.tracking.secrets import redact
 from galmorph.tracking.store import check_artifacts, check_store, store_problem
 
-__all__ = ["artifact_dir", "check_artifacts", "check_experiment", "check_store", "configure", "log_params", "redact", "require_finite",
-           "run", "store_problem", "validated"]
+__all__ = ["artifact_dir", "check_artifacts", "check_experiment", "check_store", "configure", "log_params",
+           "record_failure", "redact", "require_finite", "run", "store_problem", "validated"]
