@@ -11,7 +11,7 @@ import contextlib
 import sys
 
 from galmorph.core.errors import GalmorphError
-from galmorph.tracking import redact, store_problem
+from galmorph.tracking import record_failure, redact
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,32 +28,12 @@ def fail(message: str) -> None:
     """Print a one-line error (credentials masked), record it on the `mlflow run` run if there
     is one, exit 2."""
     _print_error(message)
-    _record_failure(message)
+    record_failure(message)
     sys.exit(2)
 
 
 def _print_error(message: str) -> None:
     print(f"galmorph: error: {redact(message)}", file=sys.stderr)
-
-
-def _record_failure(message: str) -> None:
-    """`mlflow run` started a run before calling us (MLFLOW_RUN_ID): tag it with the reason
-    (MLflow itself marks it FAILED when we exit non-zero). Not where the tracking store is
-    the problem: MLflow would retry it for minutes."""
-    import os
-
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    if not run_id:
-        return
-    try:
-        import mlflow
-
-        from galmorph.tracking.tags import FAILURE_REASON
-
-        if store_problem() is None:
-            mlflow.MlflowClient().set_tag(run_id, FAILURE_REASON, redact(message)[:4000])
-    except Exception as exc:  # the store may be the problem; the message is printed either way
-        print(f"galmorph: could not record the failure on run {run_id}: {type(exc).__name__}", file=sys.stderr)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls, skip=()) -> None:
@@ -92,7 +72,6 @@ class _Given(argparse.Action):
 def given_flags(args) -> set[str]:
     """The config settings whose flags were given on the command line."""
     return set(getattr(args, "_given", None) or ())
-
 
 
 def _bool(text):
@@ -163,24 +142,9 @@ def cmd_data_download(args) -> int:
 
 
 def cmd_data_info(args) -> int:
-    import numpy as np
+    from galmorph.data import registry
 
-    from galmorph.data import registry, schemes
-
-    if args.dataset is None:
-        for name in registry.names():
-            rec = registry.DATASETS[name]
-            print(f"{name:15s} {rec.description}\n{'':15s} classes: {', '.join(rec.class_names)}; {rec.how_to_get}")
-        return 0
-    data = registry.load(args.dataset, args.scheme, schemes_file=args.schemes_file)
-    counts = np.bincount(data.labels, minlength=len(data.class_names))
-    print(f"{data.name}: {len(data)} images {data.images.shape[1:]} uint8, scheme {data.scheme}, digest {data.digest()}")
-    print(f"bands: {data.bands.survey}, channels {', '.join(data.bands.rgb)}; --band {', '.join(data.bands.choices)}")
-    if data.columns:
-        print(f"columns: {', '.join(data.columns)}")
-    for name, n in zip(data.class_names, counts):
-        print(f"  {name:28s} {n:6d}")
-    print(f"schemes: {', '.join(schemes.names(data.key, args.schemes_file))}")
+    print(registry.describe(args.dataset, args.scheme, schemes_file=args.schemes_file))
     return 0
 
 
@@ -200,12 +164,6 @@ def cmd_data_prepare(args) -> int:
     return 0
 
 
-def _print_summary(label: str, summary: dict) -> None:
-    keys = ("test_accuracy", "test_balanced_accuracy", "test_macro_f1")
-    parts = [f"{k}={summary[k + '_mean']:.4f}+-{summary[k + '_std']:.4f}" for k in keys if k + "_mean" in summary]
-    print(f"{label}: " + "  ".join(parts or [f"{k}={summary[k]:.4f}" for k in keys if k in summary]))
-
-
 def cmd_multiseed(args) -> int:
     from galmorph.workflows import multiseed
 
@@ -213,7 +171,7 @@ def cmd_multiseed(args) -> int:
     seeds = multiseed.parse_seeds(config.seeds, config.base.seed)
     schemes = multiseed.expand_schemes(config.base, config.schemes)
     for scheme, summary in multiseed.sweep(config.base, seeds, schemes, ensemble=config.ensemble).items():
-        _print_summary(scheme, summary)
+        print(multiseed.summary_line(scheme, summary))
     return 0
 
 
@@ -226,7 +184,7 @@ def cmd_hierarchy(args) -> int:
         summary = hierarchy.run(config.base.replace(seed=seeds[0]), config.tree)
     else:
         summary = multiseed.run(config.base, seeds, hierarchy=config.tree)
-    _print_summary(hierarchy.scheme_tag(config.tree), summary)
+    print(multiseed.summary_line(hierarchy.scheme_tag(config.tree), summary))
     return 0
 
 
@@ -368,29 +326,12 @@ def _help_of(cls, name: str) -> str:
     return next(s.help for s in settings_of(cls) if s.name == name)
 
 
-def quiet_mlflow() -> None:
-    """Keep MLflow's routine INFO lines (system-metrics monitor started/stopped, experiment
-    created, database tables made) off the console; its warnings and errors still show.
-    MLflow sets its logger's level from MLFLOW_LOGGING_LEVEL when imported, so a user who
-    wants the INFO lines back sets MLFLOW_LOGGING_LEVEL=INFO. Here, not in the library:
-    code that imports galmorph keeps MLflow's logging as it configured it."""
-    import logging
-    import os
-
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    # galmorph's commands draw their own progress; MLflow's per-download bars ("Downloading
-    # artifacts: 100%|...") would interleave with it (explain, report)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    if "mlflow" in sys.modules:  # already configured at import
-        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
-
-
 def main(argv=None) -> int:
     """Run one `galmorph` command; its exit code. Ctrl-C or SIGTERM: 130, once the run is marked
     KILLED (galmorph.core.interrupts: also when the interrupt surfaced as another error)."""
-    from galmorph.core import interrupts
+    from galmorph.core import console, interrupts
 
-    quiet_mlflow()
+    console.quiet_mlflow()
 
     with interrupts.installed():
         try:
@@ -404,7 +345,7 @@ def main(argv=None) -> int:
                 return _interrupted(interrupts.handled())
             _print_error(str(exc))
             if not getattr(exc, "recorded", False):
-                _record_failure(str(exc))
+                record_failure(str(exc))
             return 2
         except Exception:
             if interrupts.pending():  # e.g. an ImportError made of a Ctrl-C inside a C extension

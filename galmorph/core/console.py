@@ -1,4 +1,5 @@
-"""Native libraries' log lines kept off the console (framework-free).
+"""Libraries' routine log lines kept off the console (framework-free): MLflow's INFO lines
+(`quiet_mlflow`, for the `galmorph` command) and native libraries' (`native_log_filter`).
 
 TensorFlow 2.21 writes notices (oneDNN, "Could not find cuda drivers") through absl from C++
 while it loads, before absl logging is initialised; TF_CPP_MIN_LOG_LEVEL does not reach them
@@ -58,3 +59,19 @@ def native_log_filter(min_level: int):
             if kept:
                 sys.stderr.write(kept)
                 sys.stderr.flush()
+
+
+def quiet_mlflow() -> None:
+    """Keep MLflow's routine INFO lines (system-metrics monitor started/stopped, experiment
+    created, database tables made) off the console; its warnings and errors still show.
+    MLflow sets its logger's level from MLFLOW_LOGGING_LEVEL when imported, so a user who
+    wants the INFO lines back sets MLFLOW_LOGGING_LEVEL=INFO. Called by the `galmorph`
+    command only: code that imports galmorph keeps MLflow's logging as it configured it."""
+    import logging
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # galmorph's commands draw their own progress; MLflow's per-download bars ("Downloading
+    # artifacts: 100%|...") would interleave with it (explain, report)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if "mlflow" in sys.modules:  # already configured at import
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())

@@ -35,6 +35,7 @@ import requests
 from tqdm import tqdm
 
 from galmorph.core.errors import GalmorphError
+from galmorph.core.io import check_writable
 from galmorph.data import http
 from galmorph.data.integrity import sha256_file
 
@@ -342,6 +343,8 @@ def fetch(
             dest.unlink()  # corrupt or truncated: never used
         if not urls:
             raise GalmorphError(f"{dest.name} is missing and no URL was given; {fix}")
+        # before the first request: a read-only cache is one line now, not after a download
+        check_writable(dest, "dataset file", f"set GALMORPH_CACHE to a writable folder, or {fix}")
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_suffix(dest.suffix + ".part")
 

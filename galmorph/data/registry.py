@@ -327,3 +327,21 @@ def load(dataset: str, scheme: str = "default", *, schemes_file: str | None = No
         scheme=sch.name, bands=record.bands if record else bands.SDSS,
         columns={k: (v if keep.all() else v[keep]) for k, v in raw.columns.items()},
     )
+
+
+def describe(dataset: str | None, scheme: str = "default", *, schemes_file: str | None = None) -> str:
+    """What `galmorph data info` prints: without a dataset, every registered one (description,
+    classes, how to get it); with one, its size, bands, extra columns, images per class under
+    `scheme`, and the schemes it has."""
+    if dataset is None:
+        return "\n".join(f"{name:15s} {DATASETS[name].description}\n{'':15s} classes: "
+                         f"{', '.join(DATASETS[name].class_names)}; {DATASETS[name].how_to_get}" for name in names())
+    data = load(dataset, scheme, schemes_file=schemes_file)
+    counts = np.bincount(data.labels, minlength=len(data.class_names))
+    lines = [f"{data.name}: {len(data)} images {data.images.shape[1:]} uint8, scheme {data.scheme}, digest {data.digest()}",
+             f"bands: {data.bands.survey}, channels {', '.join(data.bands.rgb)}; --band {', '.join(data.bands.choices)}"]
+    if data.columns:
+        lines.append(f"columns: {', '.join(data.columns)}")
+    lines += [f"  {name:28s} {n:6d}" for name, n in zip(data.class_names, counts)]
+    lines.append(f"schemes: {', '.join(schemes.names(data.key, schemes_file))}")
+    return "\n".join(lines)

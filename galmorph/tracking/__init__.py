@@ -7,12 +7,13 @@ from galmorph.tracking.runs import (
     check_experiment,
     configure,
     log_params,
+    record_failure,
     require_finite,
     run,
     validated,
 )
 from galmorph.tracking.secrets import redact
-from galmorph.tracking.store import check_store, store_problem
+from galmorph.tracking.store import check_artifacts, check_store, store_problem
 
-__all__ = ["artifact_dir", "check_experiment", "check_store", "configure", "log_params", "redact", "require_finite",
-           "run", "store_problem", "validated"]
+__all__ = ["artifact_dir", "check_artifacts", "check_experiment", "check_store", "configure", "log_params",
+           "record_failure", "redact", "require_finite", "run", "store_problem", "validated"]

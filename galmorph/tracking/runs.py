@@ -13,7 +13,8 @@ from pathlib import Path
 from galmorph.core import interrupts
 from galmorph.core.errors import GalmorphError, chain
 from galmorph.tracking.secrets import redact
-from galmorph.tracking.store import check_store, store_problem
+from galmorph.tracking.tags import FAILURE_REASON
+from galmorph.tracking.store import check_artifacts, check_store, store_problem
 
 MONITOR_STOP_S = 5.0  # the most ending a run waits for MLflow's system-metrics thread
 
@@ -84,6 +85,7 @@ def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None 
         kwargs["log_system_metrics"] = True
     active = mlflow.start_run(**kwargs)
     try:
+        check_artifacts(active.info.artifact_uri)  # before the work, whose results go there
         yield active
     except BaseException as exc:
         signal_name = interrupts.handled()
@@ -92,12 +94,12 @@ def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None 
         if signal_name is None:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             with interrupts.held():
-                _safe_tag(active, "failure_reason", redact(reason)[:4000])
+                _safe_tag(active, FAILURE_REASON, redact(reason)[:4000])
                 _end(active, "FAILED", exc)
             raise
         _release_frames(exc)
         with interrupts.held():
-            _safe_tag(active, "failure_reason", f"interrupted ({signal_name})")
+            _safe_tag(active, FAILURE_REASON, f"interrupted ({signal_name})")
             _finalize_pending_model(active)
             _end(active, "KILLED", exc)
         if isinstance(exc, KeyboardInterrupt):
@@ -198,3 +200,19 @@ def require_finite(name: str, value: float) -> float:
     if not math.isfinite(value):
         raise GalmorphError(f"{name} is {value}; the run produced no usable number")
     return value
+
+
+def record_failure(message: str) -> None:
+    """Where `mlflow run` started a run before calling galmorph (MLFLOW_RUN_ID): tag it with
+    the reason of a one-line error (MLflow itself marks it FAILED when galmorph exits
+    non-zero). Not where the tracking store is the problem: MLflow would retry it for minutes."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    try:
+        import mlflow
+
+        if store_problem() is None:
+            mlflow.MlflowClient().set_tag(run_id, FAILURE_REASON, redact(message)[:4000])
+    except Exception as exc:  # the store may be the problem; the message is printed either way
+        print(f"galmorph: could not record the failure on run {run_id}: {type(exc).__name__}", file=sys.stderr)

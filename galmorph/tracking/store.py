@@ -1,6 +1,7 @@
 """`check_store()`: is the MLflow tracking store usable? Asked once per process and store,
 within a few seconds, before the first MLflow call, because MLflow itself retries an
 unreachable server or an unopenable database for minutes and then ends in a long traceback.
+`check_artifacts()`: does a run's local artifact folder take files?
 
 What is checked, by the kind of store:
 - SQLite (`sqlite:///path`): the database file, if it exists, opens for writing, and its
@@ -15,14 +16,13 @@ Other stores (Databricks, ...) are left to MLflow.
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
-import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from galmorph.core.errors import GalmorphError
+from galmorph.core.io import check_writable, folder_problem, os_problem
 from galmorph.tracking.secrets import redact
 
 CHECK_TIMEOUT_S = 5
@@ -75,6 +75,23 @@ def store_problem(uri: str | None = None) -> str | None:
     return redact(problem)  # as one text: an error may quote pieces of the URL's password
 
 
+def check_artifacts(artifact_uri: str) -> None:
+    """A run's artifact location, where it is a local folder (a file: URI or a plain path):
+    GalmorphError unless it takes files (galmorph.core.io.check_writable), asked when a run
+    starts, and by `explain` before it adds to a finished run, so that an unwritable folder
+    is one line before the work and not a traceback after it. Other artifact stores
+    (mlflow-artifacts:, s3:, ...) are left to MLflow."""
+    parts = urlsplit(artifact_uri)
+    if parts.scheme.lower() == "file":
+        path = Path(unquote(parts.path))
+    elif parts.scheme == "":  # a plain path
+        path = Path(artifact_uri)
+    else:
+        return
+    check_writable(path, "artifact folder", "fix its permissions or the experiment's artifact location, or set "
+                   "MLFLOW_TRACKING_URI to a store whose artifacts you can write", folder=True)
+
+
 def _cannot_write(uri: str, why: str) -> str:
     return f"cannot write the MLflow tracking store {uri}: {why}; {_FIX_LOCAL}"
 
@@ -97,8 +114,8 @@ def _sqlite(uri: str) -> str | None:
             with open(path, "r+b"):
                 pass
         except OSError as exc:
-            return _cannot_write(uri, _why(path, exc))
-    why = _folder_takes_files(path.parent)  # SQLite writes its journal next to the file
+            return _cannot_write(uri, os_problem(path, exc))
+    why = folder_problem(path.parent)  # SQLite writes its journal next to the file
     return _cannot_write(uri, why) if why else None
 
 
@@ -116,32 +133,8 @@ def _local_folder(uri: str, path: Path) -> str | None:
     path = Path(os.path.abspath(path))
     if path.exists() and not path.is_dir():
         return _cannot_write(uri, f"{path} is a file, not a folder")
-    why = _folder_takes_files(path)
+    why = folder_problem(path)
     return _cannot_write(uri, why) if why else None
-
-
-def _folder_takes_files(folder: Path) -> str | None:
-    """Why no file can be made in `folder` (or, where it does not exist yet, in the nearest
-    folder that does, where MLflow would create it), or None. It tries: the permission bits
-    say nothing for root, and nothing about read-only file systems."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder"
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".galmorph-probe-", dir=existing)
-    except OSError as exc:
-        return _why(existing, exc)
-    os.close(fd)
-    os.unlink(probe)
-    return None
-
-
-def _why(path: Path, exc: OSError) -> str:
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"{path} is read-only ({exc.strerror})"
-    return f"no file can be made in {path} ({exc.strerror or exc})"
 
 
 def _http(uri: str) -> str | None:

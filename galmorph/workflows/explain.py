@@ -168,10 +168,9 @@ def _display(x: np.ndarray) -> np.ndarray:
 
 
 def feature_maps_figure(result: dict, layer: int, path: Path, title: str = "") -> Path:
-    plt = figures.pyplot()
     maps, x, names = result["feature_maps"][layer], result["x"], result["class_names"]
     n, k = len(x), min(N_FEATURE_MAPS, maps.shape[-1])
-    fig, axes = plt.subplots(n, k + 1, figsize=(1.15 * (k + 1), 1.2 * n), squeeze=False)
+    fig, axes = figures.subplots(n, k + 1, figsize=(1.15 * (k + 1), 1.2 * n), squeeze=False)
     for i in range(n):
         axes[i, 0].imshow(_display(x[i]), cmap="gray")
         axes[i, 0].set_ylabel(names[int(result["labels"][i])], fontsize=8)
@@ -189,12 +188,11 @@ def feature_maps_figure(result: dict, layer: int, path: Path, title: str = "") -
 
 
 def grad_cam_figure(result: dict, path: Path, title: str = "") -> Path:
-    plt = figures.pyplot()
     x, cams, names = result["x"], result["cams"], result["class_names"]
     labels, predicted = result["labels"], result["predicted"]
     classes = list(np.unique(labels))
     per = max(int(np.sum(labels == c)) for c in classes)
-    fig, axes = plt.subplots(len(classes), 2 * per, figsize=(1.3 * 2 * per, 1.45 * len(classes)), squeeze=False)
+    fig, axes = figures.subplots(len(classes), 2 * per, figsize=(1.3 * 2 * per, 1.45 * len(classes)), squeeze=False)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
@@ -230,6 +228,7 @@ def explain_run(run_id: str, *, per_class: int = 3) -> dict:
     uri = run.data.tags.get("model_uri")
     if not uri:
         raise GalmorphError(f"run {run_id} logged no model (log_model was false); train it again with --log-model true")
+    tracking.check_artifacts(run.info.artifact_uri)  # the figures go there: checked before the model is loaded
     with tempfile.TemporaryDirectory(prefix="galmorph-explain-") as tmp:
         cfg = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text())
         split_file = client.download_artifacts(run_id, "splits.json", tmp)

@@ -89,6 +89,14 @@ def aggregate(results: list[dict]) -> dict[str, float]:
     return out
 
 
+def summary_line(label: str, summary: dict) -> str:
+    """`label: test_accuracy=m+-s ...`: a group's mean and std over seeds (aggregate), or the
+    plain test metrics of a single run."""
+    keys = ("test_accuracy", "test_balanced_accuracy", "test_macro_f1")
+    parts = [f"{k}={summary[k + '_mean']:.4f}+-{summary[k + '_std']:.4f}" for k in keys if k + "_mean" in summary]
+    return f"{label}: " + "  ".join(parts or [f"{k}={summary[k]:.4f}" for k in keys if k in summary])
+
+
 def run(config: TrainConfig, seeds: list[int], *, hierarchy: str | None = None, nested: bool = False,
         extra_tags: dict | None = None, ensemble: bool = True) -> dict[str, float]:
     """Train `config` once per seed as nested runs of one parent run; return the aggregates.

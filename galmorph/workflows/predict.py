@@ -14,8 +14,8 @@ writes, each atomically (temporary name, then rename):
 
 Exit codes of the command: 0 every galaxy predicted; 1 some (or all) galaxies failed, the
 rest are in the output; 2 a usage error (unknown model, not a galmorph model, missing input,
-output folder missing, bad setting): one `galmorph: error:` line and nothing written;
-130 interrupted (nothing written; cutouts fetched so far stay cached).
+output folder missing or not writable, bad setting): one `galmorph: error:` line and nothing
+written, and the output checked before the model is loaded; 130 interrupted (nothing written; cutouts fetched so far stay cached).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 
 from galmorph.config import nested, option
 from galmorph.core.errors import GalmorphError
-from galmorph.core.io import atomic_write
+from galmorph.core.io import atomic_write, check_writable, ensure_writable_dir
 from galmorph.data import augment
 from galmorph.core.paths import cache_dir
 from galmorph.data.nair2010.params import PrepareConfig
@@ -75,6 +75,7 @@ class PredictConfig:
         out = Path(self.output).expanduser()
         if out.is_dir():
             raise GalmorphError(f"output {self.output} is a folder; give a file such as {out / 'predictions.csv'}")
+        check_writable(out, "output file", "choose another --output")  # before the model and the galaxies
         if not out.parent.is_dir():
             raise GalmorphError(f"output folder {out.parent} does not exist; create it or choose another --output")
         return self
@@ -112,7 +113,6 @@ def errors_path(output: Path) -> Path:
 
 def _fetcher(config: PredictConfig, progress: bool):
     from galmorph.data.nair2010.cutouts import download_cutouts, remove_stale_tmp
-    from galmorph.data.nair2010.support import ensure_writable_dir
 
     f = config.fetch
 
@@ -227,8 +227,8 @@ def _write_errors(path: Path, errors: list[tuple[str, str]]) -> None:
 def run(config: PredictConfig, *, progress: bool | None = None) -> Summary:
     """Predict every galaxy of `config.inputs` with `config.model` and write the output and
     errors CSVs (module docstring). GalmorphError, before anything is written, for an unknown
-    or non-galmorph model, a missing input, an output folder that does not exist or a bad
-    setting. `progress`: draw bars (default: when stderr is a terminal and not quiet)."""
+    or non-galmorph model, a missing input, an output folder that does not exist or takes no
+    files, or a bad setting. `progress`: draw bars (default: when stderr is a terminal and not quiet)."""
     from galmorph.inference.model import load
 
     started = time.perf_counter()

@@ -66,7 +66,22 @@ def _files(tmp: Path) -> dict[str, Path]:
     f["schemeslist"] = tmp / "schemes_list.yaml"
     (tmp / "schemes_entry.yaml").write_text(yaml.safe_dump({"good": ["not", "a", "mapping"]}))
     f["schemesentry"] = tmp / "schemes_entry.yaml"
+    (tmp / "afile").write_text("a file where an output's folder should be\n")  # refuses files to root too
+    f["afile"] = tmp / "afile"
+    f["explainrun"] = _artifacts_store(tmp / "artifacts.db", tmp / "afile" / "artifacts")
     return f
+
+
+def _artifacts_store(path: Path, artifacts: Path) -> str:
+    """A store whose experiment `bad` keeps its artifacts under `artifacts` (where no file can
+    be made), holding one finished run with a model_uri tag; that run's id."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{path}")
+    experiment = client.create_experiment("bad", artifact_location=str(artifacts))
+    run = client.create_run(experiment, tags={"model_uri": "models:/m-0123456789abcdef"})
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
 
 
 def _split(path: Path, h5: Path, overlap: bool = False) -> Path:
@@ -162,7 +177,32 @@ CASES = [
                            "--cache-dir", "{tmp}/ncache"], {}, "workers"),
     ("prepare-ftp", ["data", "prepare", "nair2010", "--cutout-url", "ftp://example.org/x", "--out", "{tmp}/n.h5",
                      "--cache-dir", "{tmp}/ncache"], {}, "cutout_url"),
+    # outputs that cannot be written, checked before the work: under a path component that is a
+    # file, or in /proc (which takes no new file, from root either); the model, experiment or
+    # catalogue server that comes later is never reached
+    ("predict-output-under-file", ["predict", "0123456789abcdef0123456789abcdef", "{good}", "--output",
+                                   "{afile}/p.csv"], {}, "cannot write to the output file"),
+    ("predict-output-proc", ["predict", "0123456789abcdef0123456789abcdef", "{good}", "--output",
+                             "/proc/galmorph/p.csv"], {}, "cannot write to the output file /proc/galmorph/p.csv"),
+    ("report-output-under-file", ["report", "--experiments", "Default", "--output", "{afile}/report"], {},
+     "cannot write to the report folder"),
+    ("report-output-proc", ["report", "--experiments", "nope", "--output", "/proc/galmorph/report"], {},
+     "cannot write to the report folder /proc/galmorph/report"),
+    ("download-cache-proc", ["data", "download", "galaxy10", "--quiet"], {"GALMORPH_CACHE": "/proc"},
+     "cannot write to the dataset file /proc/Galaxy10.h5"),
+    ("download-cache-under-file", ["data", "download", "galaxy10_decals", "--quiet"],
+     {"GALMORPH_CACHE": "{afile}/cache"}, "is a file, not a folder"),
+    ("generate-cache-proc", ["data", "generate", "--n", "40"], {"GALMORPH_CACHE": "/proc"},
+     "cannot write to the synthetic dataset cache /proc/synthetic/"),
+    ("prepare-out-under-file", ["data", "prepare", "nair2010", "--out", "{afile}/n.h5", "--cache-dir", "{tmp}/ncache",
+                                "--cutout-url", "http://127.0.0.1:9/", "--vizier-server", "http://127.0.0.1:9"], {},
+     "cannot write to the output folder"),
+    ("explain-artifacts-under-file", ["explain", "--run-id", "{explainrun}"], {}, "cannot write to the artifact folder"),
+    ("train-artifacts-under-file", TRAIN + ["--dataset", "{good}"], {}, "cannot write to the artifact folder"),
 ]
+
+# cases whose tracking store starts as a copy of one of _files' stores, not the empty template
+STORES = {"explain-artifacts-under-file": "artifacts.db", "train-artifacts-under-file": "artifacts.db"}
 
 
 def _run_case(case, files, tmp_root: Path):
@@ -170,11 +210,11 @@ def _run_case(case, files, tmp_root: Path):
     tmp = tmp_root / name
     (tmp / "work").mkdir(parents=True)
     (tmp / "cache").mkdir()
-    shutil.copy(tmp_root / "template.db", tmp / "mlflow.db")  # an empty store: no schema migration per case
+    shutil.copy(tmp_root / STORES.get(name, "template.db"), tmp / "mlflow.db")  # no schema migration per case
     fmt = {**{k: str(v) for k, v in files.items()}, "tmp": str(tmp)}
     args = [a.format(**fmt) for a in argv]
     env = child_env({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "GALMORPH_CACHE": str(tmp / "cache"),
-                     **env_extra})
+                     **{k: v.format(**fmt) for k, v in env_extra.items()}})
     proc = subprocess.run([sys.executable, "-m", "galmorph", *args], cwd=tmp / "work", env=env, capture_output=True,
                           text=True, timeout=300)
     return tmp, proc
@@ -195,8 +235,8 @@ def outcomes(tmp_path_factory):
 def test_the_table_covers_every_command():
     assert len(CASES) >= 40
     commands = {c[1][0] if c[1][0] != "data" else f"data {c[1][1]}" for c in CASES}
-    assert {"train", "tune", "retrain", "multiseed", "hierarchy", "explain", "report", "runs", "data info",
-            "data prepare"} <= commands
+    assert {"train", "tune", "retrain", "multiseed", "hierarchy", "explain", "report", "runs", "predict", "data info",
+            "data prepare", "data download", "data generate"} <= commands
 
 
 @pytest.mark.parametrize("name", [c[0] for c in CASES])
@@ -215,8 +255,18 @@ def test_bad_input_is_one_line_and_leaves_nothing(outcomes, name):
     store = tmp / "mlflow.db"
     if store.exists():
         client = mlflow.MlflowClient(f"sqlite:///{store}")
+        before = _run_ids(tmp.parent / STORES.get(name, "template.db"))
         for exp in client.search_experiments():
             for run in client.search_runs([exp.experiment_id]):
+                if run.info.run_id in before:  # made by _files for the case
+                    continue
                 assert run.info.status == "FAILED", (run.info.run_name, run.info.status)
                 reason = run.data.tags.get("failure_reason", "")
                 assert reason and "hunter2" not in reason and "hunter2" not in json.dumps(run.data.params)
+
+
+def _run_ids(store: Path) -> set[str]:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{store}")
+    return {r.info.run_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}

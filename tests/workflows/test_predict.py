@@ -143,12 +143,18 @@ def test_usage_errors_write_nothing(env, tmp_path, capsys):
     run_id, h5, tmp, _ = env
     cat = tmp_path / "cat.csv"
     cat.write_text(f"ra,dec\n{RA[0]},{DEC[0]}\n")
+    (tmp_path / "afile").write_text("not a folder")
     with mlflow.start_run() as other:  # a run with no galmorph model
         mlflow.log_param("x", 1)
     cases = [
         (["predict", "0123456789abcdef0123456789abcdef", str(h5)], "0123456789abcdef"),
         (["predict", other.info.run_id, str(h5)], other.info.run_id),
         (["predict", run_id, str(h5), "--output", str(tmp_path / "missing" / "p.csv")], "does not exist"),
+        # the user's case of issue 21: every galaxy predicted, then a PermissionError; as root
+        # only a path under a file (or /proc) refuses files
+        (["predict", run_id, str(h5), "--output", str(tmp_path / "afile" / "p.csv")],
+         f"cannot write to the output file {tmp_path / 'afile' / 'p.csv'}: {tmp_path / 'afile'} is a file, not a folder"),
+        (["predict", run_id, str(h5), "--output", "/proc/galmorph/p.csv"], "no file can be made in /proc"),
         (["predict", run_id, str(tmp_path / "nothing.jpg")], "does not exist"),
         (["predict", run_id, str(cat)], "--scale"),  # the training set has no fixed pixel scale
     ]
@@ -157,7 +163,7 @@ def test_usage_errors_write_nothing(env, tmp_path, capsys):
         assert cli.main(argv + (["--output", str(tmp_path / "p.csv")] if "--output" not in argv else [])) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("galmorph: error: ") and words in err[0], err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "cat.csv"]
 
 
 def test_ensemble_and_registered_alias(env, tmp_path, capsys):

@@ -7,6 +7,13 @@ for C2 at 63x63, 2 threads), so auto keeps it there. `Probabilities` wrapped it 
 the mlflow.pytorch models galmorph logged before its models became pyfuncs (kept so that
 those still unpickle). Weights start like Keras's (Glorot-uniform,
 zero biases) so both backends start from the same distribution.
+
+The one import up the layers, `galmorph.inference.pyfunc.network_dir` inside
+`logged_network`, is deliberate: where a network lies inside a logged galmorph model
+(artifacts/member<k>) is the pyfunc module's to say, once, and the backend needs it to load
+a logged network for --init-from and explain. It is imported inside the function (importing
+the backend loads no MLflow pyfunc code), and pyfunc reaches a backend only by name, through
+the registry at run time (galmorph.backends.get), so the two never import each other.
 """
 
 from __future__ import annotations

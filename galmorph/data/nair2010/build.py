@@ -16,7 +16,7 @@ import numpy as np
 
 from galmorph import __version__
 from galmorph.core.errors import GalmorphError
-from galmorph.core.io import atomic_write, publish
+from galmorph.core.io import atomic_write, check_writable, ensure_writable_dir, publish
 from galmorph.data import integrity
 from galmorph.data.nair2010.catalogue import fetch_catalogue, ttype_to_class
 from galmorph.data.nair2010.cutouts import cutout_name, decode, download_cutouts, remove_stale_tmp
@@ -33,7 +33,7 @@ from galmorph.data.nair2010.params import (
     failures_path,
     manifest_path,
 )
-from galmorph.data.nair2010.support import ensure_writable_dir, now, one_line
+from galmorph.data.nair2010.support import now, one_line
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,13 @@ def prepare(out: Path | None = None, cache_dir: Path | None = None, *, cutout_ur
     out = Path(out).expanduser() if out is not None else default_output_path()
     if out.is_dir():
         raise GalmorphError(f"output {out} is a folder; pass a file path such as {out / 'nair2010.h5'}")
-    ensure_writable_dir(out.parent, "output folder")
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     cut_dir = cache / "cutouts"
-    ensure_writable_dir(cut_dir, "cutout cache folder")
+    folders = ((out.parent, "output folder"), (cut_dir, "cutout cache folder"))
+    for folder, what in folders:  # both checked before either is made
+        check_writable(folder, what, "pass a writable folder", folder=True)
+    for folder, what in folders:
+        ensure_writable_dir(folder, what)
     remove_stale_tmp(cut_dir)
 
     cat = fetch_catalogue(cache, vizier_server=vizier_server)

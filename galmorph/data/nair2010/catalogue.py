@@ -20,10 +20,10 @@ import numpy as np
 import requests
 
 from galmorph.core.errors import GalmorphError
-from galmorph.core.io import atomic_write
+from galmorph.core.io import atomic_write, ensure_writable_dir
 from galmorph.data import http
 from galmorph.data.nair2010.params import CATALOGUE, CATALOGUE_ATTEMPTS, CATALOGUE_SOURCE, CATALOGUE_TIMEOUT_S
-from galmorph.data.nair2010.support import ensure_writable_dir, now, one_line, read_json
+from galmorph.data.nair2010.support import now, one_line, read_json
 
 log = logging.getLogger(__name__)
 

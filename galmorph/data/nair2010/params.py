@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from galmorph.config import option
+from galmorph.core.settings import option
 from galmorph.core.paths import cache_dir
 
 CLASS_NAMES = ("E", "S0", "Sp", "Irr+Misc")

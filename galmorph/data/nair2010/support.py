@@ -1,28 +1,11 @@
-"""Small helpers the catalogue, cutout and build modules share: folder checks, JSON reads,
-one-line messages and timestamps."""
+"""Small helpers the catalogue, cutout and build modules share: JSON reads, one-line messages
+and timestamps (folder checks: galmorph.core.io.ensure_writable_dir)."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-
-from galmorph.core.errors import GalmorphError
-
-
-def ensure_writable_dir(path: Path, what: str) -> None:
-    """Create ``path`` if needed and prove a file can be written in it; else GalmorphError
-    naming ``what`` (e.g. "cache folder")."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, suffix=".tmp")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise GalmorphError(f"cannot write to the {what} {path} ({exc.strerror or type(exc).__name__}); "
-                            "pass a writable folder") from exc
 
 
 def read_json(path: Path) -> dict:

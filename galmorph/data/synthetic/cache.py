@@ -11,6 +11,7 @@ import numpy as np
 
 from galmorph.core import paths
 from galmorph.core.errors import GalmorphError
+from galmorph.core.io import check_writable
 from galmorph.data import hdf5, integrity
 from galmorph.data.synthetic.checks import _check_int, _check_noise
 from galmorph.data.synthetic.params import CLASS_NAMES
@@ -47,6 +48,7 @@ def load_or_generate(n, size=69, seed=0, noise=1.0, cache_dir: Path | None = Non
             return path
         log.warning("synthetic cache %s is not usable (%s); generating it again", path, problem)
 
+    check_writable(path, "synthetic dataset cache", "set GALMORPH_CACHE to a writable folder")  # before generating
     images, labels = generate(n, size, seed=seed, noise=noise)
     try:
         hdf5.write(path, images, labels, class_names=CLASS_NAMES, id=np.arange(n, dtype=np.int64), checksum=True)

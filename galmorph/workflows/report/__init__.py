@@ -30,12 +30,14 @@ import tempfile
 from pathlib import Path
 
 from galmorph import tracking
-from galmorph.core.errors import GalmorphError
+from galmorph.core.io import check_writable, ensure_writable_dir
 from galmorph.tracking.tags import KIND
 from galmorph.workflows.report import build, collect, render
 from galmorph.workflows.report.config import ReportConfig
 
 __all__ = ["ReportConfig", "run"]
+
+FIX_OUTPUT = "pass a writable --output"
 
 
 def run(cfg: ReportConfig) -> list[Path]:
@@ -45,15 +47,12 @@ def run(cfg: ReportConfig) -> list[Path]:
     Raises GalmorphError for an unknown experiment, a bad filter or an unwritable output."""
     import mlflow
 
+    out = check_writable(cfg.output, "report folder", FIX_OUTPUT, folder=True)  # before any run is read
     tracking.check_store()
     client = mlflow.MlflowClient()
     runs = collect.search(client, cfg.experiment_names(), cfg.filter)
     chosen = collect.units(runs, cfg.include_nodes)
-    out = Path(cfg.output).expanduser()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GalmorphError(f"cannot create the report folder {out} ({exc.strerror}); pass a writable --output") from None
+    ensure_writable_dir(out, "report folder", FIX_OUTPUT)
     fig_dir = out / "figures"
     tracking.configure(cfg.log_experiment)
     with tracking.run("report", tags={KIND: "report"}, system_metrics=False):

@@ -295,8 +295,7 @@ def mean_confusion(g: Group, path: Path) -> Path | None:
 def learning_curves(groups: list[Group], client, path: Path, title: str) -> Path | None:
     """Validation (solid) and training (dashed) loss and accuracy per epoch of every run of
     `groups` (one colour per model x backend), side by side; None if no run logged epochs."""
-    plt = plots.pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a1, a2) = plots.subplots(1, 2, figsize=(11, 4))
     drawn = False
     for ci, g in enumerate(groups):
         colour = f"C{ci % 10}"
@@ -313,7 +312,6 @@ def learning_curves(groups: list[Group], client, path: Path, title: str) -> Path
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=colour, alpha=0.75,
                             lw=1.2, marker="o" if split == "val" else None, ms=3, label=label)
     if not drawn:
-        plt.close(fig)
         return None
     a1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     a2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
@@ -327,8 +325,7 @@ def timing_figure(rows: list[dict], path: Path) -> Path | None:
     rows = [r for r in rows if np.isfinite(r.get("img_s", np.nan))]
     if not rows:
         return None
-    plt = plots.pyplot()
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.5 * len(rows) + 1.5), 3.8))
+    fig, ax = plots.subplots(figsize=(max(5.0, 1.5 * len(rows) + 1.5), 3.8))
     colours = {"keras": "C0", "torch": "C1"}
     labels = [f"{r['model']} {r['backend']}\n{r['dataset']}\n{r['scheme']}\n{r['input']}" for r in rows]
     ax.bar(range(len(rows)), [r["img_s"] for r in rows], yerr=[r["img_s_std"] for r in rows],

@@ -138,7 +138,7 @@ PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "in
 def study_plots(study, folder: Path) -> list[str]:
     """Write the study's plots as PNG; return 'name: reason' for each one that could not be made."""
 
-    plots.pyplot()  # the Agg backend, before optuna imports pyplot
+    plots.pyplot()  # the Agg backend (unless the session chose one) before optuna imports pyplot
     import optuna.visualization.matplotlib as vm
 
     skipped = []
