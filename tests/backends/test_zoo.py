@@ -242,15 +242,18 @@ def zoo_runs(tmp_path_factory):
 
     with ThreadPoolExecutor(2) as pool:
         found = dict(zip(("keras", "torch"), pool.map(chain, ("keras", "torch"))))
-    return client, found
+    return client, found, uri
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ("keras", "torch"))
-def test_resnet18_trains_through_mlflow_run_then_predicts_and_explains(zoo_runs, backend):
+def test_resnet18_trains_through_mlflow_run_then_predicts_and_explains(zoo_runs, backend, monkeypatch):
+    import mlflow
     import pandas as pd
 
-    client, found = zoo_runs
+    client, found, uri = zoo_runs
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
     run_id, predict, explain, out = found[backend]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params["model"] == "resnet18"
@@ -261,6 +264,19 @@ def test_resnet18_trains_through_mlflow_run_then_predicts_and_explains(zoo_runs,
     assert predict.returncode == 0, predict.stderr[-2000:]
     table = pd.read_csv(out)
     assert len(table) == 12 and abs(table.filter(like="p_").sum(axis=1) - 1).max() < 1e-6
+    # the decision rule chosen on the run's validation split names each galaxy's class
+    import numpy as np
+
+    from galmorph.core import decision
+    from galmorph.inference.pyfunc import SETTINGS, network_dir
+
+    assert run.data.metrics["decision_alpha"] in decision.ALPHAS
+    settings = json.loads((network_dir(run.data.tags["model_uri"], out.parent / f"{backend}-model") / SETTINGS).read_text())
+    weights = settings["decision_weights"]
+    assert len(weights) == 4
+    proba = table[[c for c in table.columns if c.startswith("p_")]].to_numpy()
+    names = np.array([c.removeprefix("p_") for c in table.columns if c.startswith("p_")])
+    assert table["predicted"].tolist() == names[decision.decide(proba, weights)].tolist()
     assert explain.returncode == 0, explain.stderr[-2000:]
     names = {a.path for a in client.list_artifacts(run_id, "explain")}
     assert any("grad_cam" in n for n in names), names
