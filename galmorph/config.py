@@ -152,9 +152,7 @@ class TrainConfig:
             raise GalmorphError(f"dropout must be in [0, 1) or -1 for the architecture's, got {self.dropout}")
         if self.synthetic_noise < 0:
             raise GalmorphError(f"synthetic_noise must be 0 or more, got {self.synthetic_noise}")
-        if specs.is_zoo(self.model) and (self.width != 1.0 or self.dense_units):
-            raise GalmorphError(f"width and dense_units apply to c1 and c2; {self.model} is built by its zoo as it is: "
-                                "leave them at their defaults")
+        specs.check_zoo_settings(self.model, self.width, self.dense_units)
         if self.pretrained == "imagenet":
             self._check_pretrained()
         if self.batchnorm != "default" and self.model != "c1":
@@ -186,5 +184,4 @@ class TrainConfig:
         if len(self.band) != 3:  # a band setting is its bands' letters
             raise GalmorphError(f"pretrained imagenet weights take 3 bands and band {self.band} is {len(self.band)}: "
                                 "pass --band gri (or grz), or drop --pretrained")
-        if self.backend not in (specs.architectures()[self.model].get("pretrained") or {}):
-            raise GalmorphError(f"the {self.backend} zoo has no ImageNet weights for {self.model}; drop --pretrained")
+        specs.pretrained_name(self.model, self.backend)

@@ -44,7 +44,6 @@ class NetworkSpec:
     layers: tuple[Layer, ...]
     options: dict = field(default_factory=dict)
     zoo: dict | None = None  # a zoo network: {backend: {call, module, name, args}} (architectures.yaml)
-    pretrained: dict | None = None  # a zoo network's ImageNet weights per backend, where the zoo has them
 
     @property
     def is_zoo(self) -> bool:
@@ -57,12 +56,8 @@ class NetworkSpec:
         return self.zoo[backend]
 
     def pretrained_name(self, backend: str) -> str:
-        """The zoo's name of this network's ImageNet weights for `backend` (architectures.yaml
-        `pretrained`); a GalmorphError where the zoo has none."""
-        found = (self.pretrained or {}).get(backend)
-        if not found:
-            raise GalmorphError(f"the {backend} zoo has no ImageNet weights for {self.name}; drop --pretrained")
-        return found
+        """The zoo's name of this network's ImageNet weights for `backend` (specs.pretrained_name)."""
+        return pretrained_name(self.name, backend)
 
     @property
     def trainable_params(self) -> int:
@@ -129,11 +124,25 @@ def resolve(
     return NetworkSpec(name, (h, w, c), n_classes, tuple(layers), opts)
 
 
-def _zoo(name, spec, opts, shape, n_classes, width, dense_units, dropout) -> NetworkSpec:
-    """The spec of zoo network `name`: one `output` layer stands for the whole network."""
-    if width != 1.0 or dense_units is not None:
+def check_zoo_settings(name: str, width: float, dense_units: int | None) -> None:
+    """A zoo network is built as its zoo has it: no filter width or dense units to change."""
+    if is_zoo(name) and (width != 1.0 or dense_units):
         raise GalmorphError(f"width and dense_units apply to c1 and c2; {name} is built by its zoo as it is: "
                             "leave them at their defaults")
+
+
+def pretrained_name(name: str, backend: str) -> str:
+    """The zoo's name of network `name`'s ImageNet weights for `backend` (architectures.yaml
+    `pretrained`); a GalmorphError where the zoo has none."""
+    found = (_options(name, {})[0].get("pretrained") or {}).get(backend)
+    if not found:
+        raise GalmorphError(f"the {backend} zoo has no ImageNet weights for {name}; drop --pretrained")
+    return found
+
+
+def _zoo(name, spec, opts, shape, n_classes, width, dense_units, dropout) -> NetworkSpec:
+    """The spec of zoo network `name`: one `output` layer stands for the whole network."""
+    check_zoo_settings(name, width, dense_units)
     need = int(spec.get("min_input", ZOO_MIN_INPUT))
     h, w, _ = shape
     if min(h, w) < need:
@@ -142,7 +151,7 @@ def _zoo(name, spec, opts, shape, n_classes, width, dense_units, dropout) -> Net
     if dropout is not None:
         opts["dropout"] = float(dropout)
     head = Layer("output", shape, (n_classes,), units=n_classes, rate=float(opts.get("dropout", 0.0)))
-    return NetworkSpec(name, shape, n_classes, (head,), opts, zoo=spec["zoo"], pretrained=spec.get("pretrained"))
+    return NetworkSpec(name, shape, n_classes, (head,), opts, zoo=spec["zoo"])
 
 
 def is_zoo(name: str) -> bool:

@@ -26,9 +26,28 @@ from galmorph.core.errors import GalmorphError
 from galmorph.core.specs import NetworkSpec
 
 
-class Net(nn.Module):
+class _Network(nn.Module):
+    """What every galmorph network is: float32 NHWC images in, logits out, through `body`, in
+    channels-last memory or contiguous NCHW, with the spec's name, input shape and class count."""
+
     def __init__(self, spec: NetworkSpec):
         super().__init__()
+        self.channels_last = False
+        self.precision = "fp32"  # set by fit(): inference runs in the precision the network trained in
+        self.spec_name = spec.name
+        self.input_shape = spec.input_shape
+        self.n_classes = spec.n_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2)
+        return self.body(x if self.channels_last else x.contiguous())
+
+
+class Net(_Network):
+    """A network of galmorph's own specs (C1, C2), layer by layer."""
+
+    def __init__(self, spec: NetworkSpec):
+        super().__init__(spec)
         layers: list[nn.Module] = []
         for layer in spec.layers:
             if layer.type == "conv":
@@ -46,27 +65,19 @@ class Net(nn.Module):
             elif layer.type == "output":
                 layers.append(nn.Linear(layer.in_shape[0], layer.units))
         self.body = nn.Sequential(*layers)
-        self.channels_last = False
-        self.precision = "fp32"  # set by fit(): inference runs in the precision the network trained in
-        self.spec_name = spec.name
-        self.input_shape = spec.input_shape
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2)
-        return self.body(x if self.channels_last else x.contiguous())
 
-
-class ZooNet(nn.Module):
+class ZooNet(_Network):
     """A network of timm's zoo (a NetworkSpec with `zoo`), built from scratch by
-    timm.create_model with the spec's bands as input channels, classes and classifier dropout.
-    Takes float32 NHWC images like Net and returns logits; `body` is the timm model."""
+    timm.create_model with the spec's bands as input channels, classes and classifier dropout;
+    `body` is the timm model."""
 
     def __init__(self, spec: NetworkSpec, pretrained: bool = False):
-        super().__init__()
+        super().__init__(spec)
         builder = spec.builder("torch")
         # with weights: timm's tagged name (resnet18.a1_in1k) picks them, from the Hugging Face
         # cache or hub; its classifier is left out (another class count) and built fresh
@@ -81,15 +92,6 @@ class ZooNet(nn.Module):
             raise GalmorphError(f"could not load the ImageNet weights timm/{name} from the Hugging Face cache or hub "
                                 f"({type(exc).__name__}); connect to the internet once (they are cached in "
                                 "$HF_HOME), or drop --pretrained") from None
-        self.channels_last = False
-        self.precision = "fp32"
-        self.spec_name = spec.name
-        self.input_shape = spec.input_shape
-        self.n_classes = spec.n_classes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2)
-        return self.body(x if self.channels_last else x.contiguous())
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW input -> the last stage's feature map, before pooling (what Grad-CAM weighs)."""
@@ -109,8 +111,8 @@ def _timm():
 
 def n_outputs(net: nn.Module) -> int:
     """The number of classes a galmorph network (Net or ZooNet) predicts."""
-    net = unwrap(net)
-    return net.n_classes if isinstance(net, ZooNet) else net.body[-1].out_features
+    net = unwrap(net)  # a Net pickled before networks knew their class count: its output layer's
+    return net.n_classes if hasattr(net, "n_classes") else net.body[-1].out_features
 
 
 class _FlattenNHWC(nn.Module):
