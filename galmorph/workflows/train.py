@@ -68,10 +68,13 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
         try:
             final = _run(config, active, prepared, trial, mlflow, after_fit, progress_prefix, resumed)
         except Exception:
-            _log_checkpoint(active.info.run_id, finished=False)  # a FAILED run can be resumed elsewhere
+            _log_checkpoint(active.info.run_id)  # a FAILED run can be resumed elsewhere
             raise
-        _log_checkpoint(active.info.run_id, finished=True)
-        return final
+    # FINISHED now (tracking.run raises when it cannot mark it so, and the checkpoint stays to
+    # resume from): it cannot be resumed, its checkpoints go (they are about twice the model's size)
+    with contextlib.suppress(OSError):
+        checkpoints.discard(checkpoints.run_folder(active.info.run_id))
+    return final
 
 
 def _clear_failure(mlflow, run_id: str) -> dict:
@@ -97,17 +100,11 @@ def _hand_over_launcher_run(run_id: str) -> None:
         del os.environ["MLFLOW_RUN_ID"]
 
 
-def _log_checkpoint(run_id: str, finished: bool) -> None:
+def _log_checkpoint(run_id: str) -> None:
     """A FAILED run's last checkpoint goes to its artifacts (checkpoint/), so that it can be
-    resumed on another machine (best effort). A FINISHED run cannot be resumed: its local
-    checkpoints are removed, not logged (they are about twice the model's size)."""
-    import shutil
-
+    resumed on another machine (best effort)."""
     from galmorph.core import interrupts
 
-    if finished:
-        shutil.rmtree(checkpoints.run_folder(run_id), ignore_errors=True)
-        return
     folder = checkpoints.latest(checkpoints.run_folder(run_id))
     if folder is None:
         return
