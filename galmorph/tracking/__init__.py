@@ -3,6 +3,7 @@ credentials masked wherever text is logged or printed (secrets); the tracking st
 before the first MLflow call (store)."""
 
 from galmorph.tracking.runs import (
+    EndFailed,
     artifact_dir,
     check_experiment,
     configure,
@@ -14,5 +15,5 @@ from galmorph.tracking.runs import (
 from galmorph.tracking.secrets import redact
 from galmorph.tracking.store import check_store, store_problem
 
-__all__ = ["artifact_dir", "check_experiment", "check_store", "configure", "log_params", "redact", "require_finite",
+__all__ = ["EndFailed", "artifact_dir", "check_experiment", "check_store", "configure", "log_params", "redact", "require_finite",
            "run", "store_problem", "validated"]

@@ -18,6 +18,12 @@ from galmorph.tracking.store import check_store, store_problem
 MONITOR_STOP_S = 5.0  # the most ending a run waits for MLflow's system-metrics thread
 
 
+class EndFailed(GalmorphError):
+    """The run's work is done, but MLflow could not mark it FINISHED: it is still RUNNING."""
+
+    recorded = True  # nowhere to record it: the tracking store is what failed
+
+
 def validated(check) -> GalmorphError | None:
     """Call `check()` (a config's validate) before any MLflow call and return its GalmorphError,
     for the caller to raise inside its run, which then ends FAILED with the reason. Where the
@@ -105,7 +111,12 @@ def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None 
         raise KeyboardInterrupt(signal_name) from exc
     else:
         with interrupts.held():
-            _end(active, "FINISHED")
+            try:
+                _end(active, "FINISHED")
+            except Exception as exc:
+                raise EndFailed(f"run {active.info.run_id} could not be marked FINISHED, and is still RUNNING: "
+                                f"{redact(str(exc)).splitlines()[0][:300] if str(exc) else type(exc).__name__}"
+                                ) from exc
 
 
 def _release_frames(exc: BaseException) -> None:

@@ -1,11 +1,12 @@
 """Kill `galmorph train` with SIGKILL just after a file operation of its checkpoints (run by
 test_resume.py and test_checkpoint_kills.py).
 
-    python kill_points.py at OP:NAME:N -- TRAIN_ARGS...
+    python kill_points.py at OP:NAME:N[:SIGNAL] -- TRAIN_ARGS...
     python kill_points.py every REPORT.json -- TRAIN_ARGS...
 
-`at` trains in this process and kills it after the N-th (1-based) operation OP on a path named
-NAME (e.g. rename:epoch-0001:1, the second epoch's checkpoint renamed into place).
+`at` trains in this process and sends it SIGNAL (SIGKILL unless named) after the N-th (1-based)
+operation OP on a path named NAME (e.g. rename:epoch-0001:1, the second epoch's checkpoint
+renamed into place).
 
 `every` first trains once uninterrupted (run name `reference`) and records the run's file
 operations (galmorph.core.checkpoints.after_file_op), then, for each of them, trains a new run
@@ -33,8 +34,8 @@ from galmorph import backends, cli
 from galmorph.core import checkpoints
 
 
-def _kill_self() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
+def _kill_self(sig: int = signal.SIGKILL) -> None:
+    os.kill(os.getpid(), sig)
 
 
 def _active_run_id() -> str:
@@ -44,14 +45,14 @@ def _active_run_id() -> str:
 
 
 def at(spec: str, args: list[str]) -> int:
-    op, name, nth = spec.split(":")
+    op, name, nth, *sig = spec.split(":")
     seen = []
 
     def hook(done: str, path: Path) -> None:
         if done == op and path.name == name:
             seen.append(1)
             if len(seen) == int(nth):
-                _kill_self()
+                _kill_self(getattr(signal, sig[0]) if sig else signal.SIGKILL)
 
     checkpoints.after_file_op = hook
     return cli.main(args)
