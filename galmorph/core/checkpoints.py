@@ -22,8 +22,9 @@ stream is stored: its batches are a pure function of (seed, epoch)
 (galmorph.data.augment.TrainStream.plan), so the epoch number says where to continue.
 
 `after_file_op`, None in normal use, is called after each file operation of a checkpoint's
-writing, rotation and removal (a temporary folder's removal counts as one: nothing reads
-inside it): a test kills the process there to prove the above (tests/workflows/kill_points.py).
+writing, rotation and removal: tests kill the process there to prove the above
+(tests/core/test_checkpoints.py at every one, tests/workflows/test_checkpoint_kills.py in a
+real training run of each backend).
 """
 
 from __future__ import annotations
@@ -145,10 +146,11 @@ class Checkpointer:
         if "best" in files:
             self._best = (final / "best", files["best"])
         for old in sorted(self.folder.iterdir()):
-            if old != final and old.name.startswith("epoch-"):
-                _discard(old)
-            elif old.name.endswith(TMP_SUFFIX):  # left by a killed process
-                _remove(old)
+            with contextlib.suppress(OSError):  # what stays is garbage, removed by a later save
+                if old != final and old.name.startswith("epoch-"):
+                    _discard(old)
+                elif old.name.endswith(TMP_SUFFIX):  # left by a killed process
+                    _remove(old)
         return final
 
 
@@ -170,11 +172,16 @@ def _discard(folder: Path) -> None:
     _remove(aside)
 
 
-def _remove(folder: Path) -> None:
-    """Remove a temporary folder: one operation for after_file_op, since no reader looks inside
-    one (a kill part way leaves part of it, which the next save removes)."""
-    shutil.rmtree(folder, ignore_errors=True)
-    _done("remove", folder)
+def _remove(path: Path) -> None:
+    """shutil.rmtree of a temporary folder, one file at a time (each an operation for
+    after_file_op); a kill part way leaves part of it, which no reader looks into."""
+    if path.is_dir() and not path.is_symlink():
+        for child in sorted(path.iterdir()):
+            _remove(child)
+        path.rmdir()
+    else:
+        path.unlink()
+    _done("remove", path)
 
 
 def _write(path: Path, text: str) -> None:
