@@ -16,9 +16,8 @@ named `epoch-NNNN/` is always whole. It is written under a temporary name (`.epo
 and renamed into place; a folder that goes (an older epoch, once the new one is in place, or
 the run's folder once the run is FINISHED) is first renamed to such a temporary name, then
 removed. Temporary folders left by a killed process are removed by the next save (or the next
-run's end). Only the
-latest checkpoint is kept, and the best weights inside it. Nothing else about the training
-stream is stored: its batches are a pure function of (seed, epoch)
+run's end). Only the latest checkpoint is kept, and the best weights inside it. Nothing else
+about the training stream is stored: its batches are a pure function of (seed, epoch)
 (galmorph.data.augment.TrainStream.plan), so the epoch number says where to continue.
 
 `after_file_op`, None in normal use, is called after each file operation of a checkpoint's

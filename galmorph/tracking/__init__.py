@@ -15,5 +15,5 @@ from galmorph.tracking.runs import (
 from galmorph.tracking.secrets import redact
 from galmorph.tracking.store import check_store, store_problem
 
-__all__ = ["EndFailed", "artifact_dir", "check_experiment", "check_store", "configure", "log_params", "redact", "require_finite",
-           "run", "store_problem", "validated"]
+__all__ = ["EndFailed", "artifact_dir", "check_experiment", "check_store", "configure", "log_params", "redact",
+           "require_finite", "run", "store_problem", "validated"]

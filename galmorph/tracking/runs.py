@@ -19,9 +19,14 @@ MONITOR_STOP_S = 5.0  # the most ending a run waits for MLflow's system-metrics 
 
 
 class EndFailed(GalmorphError):
-    """The run's work is done, but MLflow could not mark it FINISHED: it is still RUNNING."""
+    """Run `run_id`'s work is done, but MLflow could not mark it FINISHED: it is still RUNNING."""
 
     recorded = True  # nowhere to record it: the tracking store is what failed
+
+    def __init__(self, run_id: str, cause: BaseException):
+        reason = redact(str(cause)).splitlines()[0][:300] if str(cause).strip() else type(cause).__name__
+        super().__init__(f"run {run_id} could not be marked FINISHED, and is still RUNNING: {reason}")
+        self.run_id = run_id
 
 
 def validated(check) -> GalmorphError | None:
@@ -114,9 +119,7 @@ def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None 
             try:
                 _end(active, "FINISHED")
             except Exception as exc:
-                raise EndFailed(f"run {active.info.run_id} could not be marked FINISHED, and is still RUNNING: "
-                                f"{redact(str(exc)).splitlines()[0][:300] if str(exc) else type(exc).__name__}"
-                                ) from exc
+                raise EndFailed(active.info.run_id, exc) from exc
 
 
 def _release_frames(exc: BaseException) -> None:

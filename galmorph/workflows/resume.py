@@ -203,16 +203,18 @@ def finished(run_id: str, was_resumed: bool) -> None:
                                                  tracking_uri=mlflow.get_tracking_uri())
             repository.delete_artifacts(checkpoints.ARTIFACT_PATH)
     except Exception as exc:  # the run is FINISHED either way
+        reason = tracking.redact(str(exc)).splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         print(f"galmorph: run {run_id} keeps its {checkpoints.ARTIFACT_PATH}/ artifact, which it no longer "
-              f"needs: {tracking.redact(str(exc)).splitlines()[0][:300]}", file=sys.stderr)
+              f"needs: {reason}", file=sys.stderr)
 
 
-def not_finished(exc: GalmorphError, run_id: str) -> GalmorphError:
+def not_finished(exc: tracking.EndFailed) -> GalmorphError:
     """The error of a run whose training ended but which MLflow could not mark FINISHED (it
     stays RUNNING): how to finish it, where its checkpoint allows."""
-    if checkpoints.latest(checkpoints.run_folder(run_id)) is None:
-        return exc
-    error = GalmorphError(f"{exc}; its checkpoint is kept: `galmorph train --resume {run_id}` finishes it "
-                          "once the tracking store answers")
+    if checkpoints.latest(checkpoints.run_folder(exc.run_id)) is None:
+        error = GalmorphError(str(exc))
+    else:
+        error = GalmorphError(f"{exc}; its checkpoint is kept: `galmorph train --resume {exc.run_id}` finishes it "
+                              "once the tracking store answers")
     error.recorded = True
     return error

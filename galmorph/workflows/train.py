@@ -71,7 +71,9 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
                 resume.log_checkpoint(active.info.run_id)
                 raise
     except tracking.EndFailed as exc:
-        raise resume.not_finished(exc, active.info.run_id) from None
+        if exc.run_id != active.info.run_id:  # a nested run's (after_fit)
+            raise
+        raise resume.not_finished(exc) from None
     resume.finished(active.info.run_id, was_resumed=resumed is not None)
     return final
 

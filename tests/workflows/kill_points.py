@@ -1,5 +1,5 @@
 """Kill `galmorph train` with SIGKILL just after a file operation of its checkpoints (run by
-test_resume.py and test_checkpoint_kills.py).
+test_resume.py, test_checkpoint_kills.py and test_run_endings.py).
 
     python kill_points.py at OP:NAME:N[:SIGNAL] -- TRAIN_ARGS...
     python kill_points.py every REPORT.json -- TRAIN_ARGS...
@@ -12,11 +12,11 @@ renamed into place).
 operations (galmorph.core.checkpoints.after_file_op), then, for each of them, trains a new run
 (`killed-K`) that SIGKILLs itself just after operation K, then resumes every killed run with
 `galmorph train --resume`. Not after the removal of each file inside a folder being removed
-(renamed aside first, no reader looks into it): tests/core/test_checkpoints.py kills there. Every run goes to the experiment named in TRAIN_ARGS. The runs are
-children forked from this process, which imports what the reference run imported (and runs
-nothing of it) before the next forks, so that each does not import it again. REPORT.json
-gets the reference run, the operations, and per kill point the run, the resume's exit code and
-its stderr.
+(renamed aside first, no reader looks into it): tests/core/test_checkpoints.py kills there.
+Every run goes to the experiment named in TRAIN_ARGS. The runs are children forked from this
+process, which imports what the reference run imported (and runs nothing of it) before the next
+forks, so that each does not import it again. REPORT.json gets the reference run, the
+operations, and per kill point the run, the resume's exit code and its stderr.
 """
 
 from __future__ import annotations
