@@ -94,7 +94,7 @@ class TrainConfig:
     register_as: str = option("", "register the logged model as a new version of this MLflow registered model, with the run's test metrics as version tags (needs log_model; empty: do not register)")
     alias: str = option("", "with register_as: point this alias (e.g. champion) at the new version, so that models:/NAME@ALIAS names it")
     resume: str = option("", "continue the KILLED, FAILED or dead RUNNING run with this id from its last checkpoint, in the same MLflow run and with its logged settings (a flag that contradicts them is an error; the flags not given take the run's values)")
-    checkpoints: bool = option(True, "save a checkpoint after every epoch in <cache>/checkpoints/<run id>/ (what --resume continues from); the last one is logged to the artifacts (checkpoint/) of a run that fails")
+    checkpoints: bool = option(True, "save a checkpoint after every epoch in <cache>/checkpoints/<run id>/ (what --resume continues from); the last one is logged to the artifacts (checkpoint/) of a run that fails or is interrupted")
     experiment: str = option("galmorph", "MLflow experiment name for runs started outside `mlflow run`", mlproject=False)
     run_name: str = option("", "MLflow run name (default: <model>-<backend>-<dataset>)", mlproject=False)
 

@@ -171,6 +171,41 @@ def stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
         proc.wait(timeout=timeout)
 
 
+def start_mlflow_server(store: str, artifacts: Path, log: Path, env: dict | None = None,
+                        port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` of `store` on a loopback port (a free one unless given), serving the
+    artifacts from `artifacts`, its output in `log`; returns (process, url) once /health
+    answers. It has its own session: stop_group ends it and its uvicorn worker. The GenAI job
+    executor (7 huey processes) is switched off: galmorph uses none."""
+    import urllib.request
+
+    port = port or free_port()
+    env = child_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})})
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with open(log, "a") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--serve-artifacts",
+             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            cwd=log.parent, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow server exited ({proc.returncode}): {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, 180, "mlflow server's /health")
+    except BaseException:
+        stop_group(proc)
+        raise
+    return proc, url
+
+
 def run_python(code: str, env: dict | None = None, timeout: int = 600, cwd=REPO):
     """Run `code` in a fresh interpreter (one deep-learning framework per process)."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,

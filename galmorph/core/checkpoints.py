@@ -11,11 +11,19 @@ one folder per kept epoch, `epoch-NNNN/`, holding:
   of every other file, so that a checkpoint cut short (a full disk, a copy stopped half way)
   is refused rather than trained from.
 
-The folder is written under a temporary name and renamed into place, so `epoch-NNNN/` is
-either whole or absent; older epochs are then removed: only the latest checkpoint is kept,
-and the best weights inside it. Nothing else about the training stream is stored: its batches
-are a pure function of (seed, epoch) (galmorph.data.augment.TrainStream.plan), so the epoch
-number says where to continue.
+A run killed at any instant (SIGKILL, a power cut aside) leaves a resumable run: a folder
+named `epoch-NNNN/` is always whole. It is written under a temporary name (`.epoch-NNNN.*.tmp`)
+and renamed into place; a folder that goes (an older epoch, once the new one is in place, or
+the run's folder once the run is FINISHED) is first renamed to such a temporary name, then
+removed. Temporary folders left by a killed process are removed by the next save (or the next
+run's end). Only the latest checkpoint is kept, and the best weights inside it. Nothing else
+about the training stream is stored: its batches are a pure function of (seed, epoch)
+(galmorph.data.augment.TrainStream.plan), so the epoch number says where to continue.
+
+`after_file_op`, None in normal use, is called after each file operation of a checkpoint's
+writing, rotation and removal: tests kill the process there to prove the above
+(tests/core/test_checkpoints.py at every one, tests/workflows/test_checkpoint_kills.py in a
+real training run of each backend).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +45,14 @@ from galmorph.core.paths import cache_dir
 FORMAT = "galmorph-checkpoint-1"
 FILES = ("state", "best", "reporter.json")
 ARTIFACT_PATH = "checkpoint"  # where a run's last checkpoint goes among its MLflow artifacts
+TMP_SUFFIX = ".tmp"  # a folder being written or removed; never read from
+
+after_file_op: Callable[[str, Path], None] | None = None  # (operation, path) once done; see the docstring
+
+
+def _done(op: str, path: Path) -> None:
+    if after_file_op is not None:
+        after_file_op(op, path)
 
 
 def run_folder(run_id: str) -> Path:
@@ -95,11 +112,15 @@ class Checkpointer:
 
     def save(self, epoch: int, reporter, improved: bool, stop: bool, write_state: Callable[[Path], None]) -> Path:
         """Write `epoch-NNNN/` atomically, then drop older epochs; returns the new folder."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".epoch-{epoch:04d}.", suffix=".tmp", dir=self.folder))
+        if not self.folder.is_dir():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            _done("mkdir", self.folder)
+        tmp = Path(tempfile.mkdtemp(prefix=f".epoch-{epoch:04d}.", suffix=TMP_SUFFIX, dir=self.folder))
+        _done("mkdtemp", tmp)
         try:
             files = {}
             write_state(tmp / "state")
+            _done("write", tmp / "state")
             files["state"] = {"bytes": (tmp / "state").stat().st_size, "sha256": _sha256(tmp / "state")}
             if improved:
                 _link_or_copy(tmp / "state", tmp / "best")
@@ -108,24 +129,63 @@ class Checkpointer:
                 _link_or_copy(self._best[0], tmp / "best")
                 files["best"] = self._best[1]
             text = json.dumps(reporter.state(), allow_nan=True)
-            (tmp / "reporter.json").write_text(text, encoding="utf-8")
+            _write(tmp / "reporter.json", text)
             files["reporter.json"] = {"bytes": len(text.encode()), "sha256": hashlib.sha256(text.encode()).hexdigest()}
             manifest = {"format": FORMAT, "epoch": epoch, "backend": self.backend, "run_id": self.run_id,
                         "tracking_uri": self.tracking_uri, "stopped": bool(stop), "files": files}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+            _write(tmp / "manifest.json", json.dumps(manifest, indent=1))
             final = self.folder / f"epoch-{epoch:04d}"
-            if final.exists():  # a run resumed from an earlier copy of this epoch
-                shutil.rmtree(final)
+            if final.exists():  # a run resumed from an earlier epoch had written this one before
+                _discard(final)
             os.rename(tmp, final)
+            _done("rename", final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         if "best" in files:
             self._best = (final / "best", files["best"])
-        for old in self.folder.iterdir():
-            if old != final and (old.name.startswith("epoch-") or old.name.endswith(".tmp")):
-                shutil.rmtree(old, ignore_errors=True)
+        for old in sorted(self.folder.iterdir()):
+            with contextlib.suppress(OSError):  # what stays is garbage, removed by a later save
+                if old != final and old.name.startswith("epoch-"):
+                    _discard(old)
+                elif old.name.endswith(TMP_SUFFIX):  # left by a killed process
+                    _remove(old)
         return final
+
+
+def discard(folder: Path) -> None:
+    """Remove a run's checkpoint folder (`run_folder`), first renamed aside so that no reader
+    ever sees part of it (nothing if it does not exist); then what is left of others whose
+    removal a killed process did not finish."""
+    if folder.exists():
+        _discard(folder)
+    for stale in folder.parent.glob(f".*{TMP_SUFFIX}"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _discard(folder: Path) -> None:
+    """Rename `folder` to a temporary name (one atomic step), then remove it."""
+    aside = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+    os.rename(folder, aside)
+    _done("rename", aside)
+    _remove(aside)
+
+
+def _remove(path: Path) -> None:
+    """shutil.rmtree of a temporary folder, one file at a time (each an operation for
+    after_file_op); a kill part way leaves part of it, which no reader looks into."""
+    if path.is_dir() and not path.is_symlink():
+        for child in sorted(path.iterdir()):
+            _remove(child)
+        path.rmdir()
+    else:
+        path.unlink()
+    _done("remove", path)
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+    _done("write", path)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -133,6 +193,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)  # same inode: the best weights are never written twice
     except OSError:  # a file system without hard links
         shutil.copyfile(src, dst)
+    _done("link", dst)
 
 
 def _read_manifest(folder: Path) -> dict:

@@ -3,6 +3,7 @@ credentials masked wherever text is logged or printed (secrets); the tracking st
 before the first MLflow call (store)."""
 
 from galmorph.tracking.runs import (
+    EndFailed,
     artifact_dir,
     check_experiment,
     configure,
@@ -15,5 +16,5 @@ from galmorph.tracking.runs import (
 from galmorph.tracking.secrets import redact
 from galmorph.tracking.store import check_artifacts, check_store, store_problem
 
-__all__ = ["artifact_dir", "check_artifacts", "check_experiment", "check_store", "configure", "log_params",
+__all__ = ["EndFailed", "artifact_dir", "check_artifacts", "check_experiment", "check_store", "configure", "log_params",
            "record_failure", "redact", "require_finite", "run", "store_problem", "validated"]

@@ -19,6 +19,17 @@ from galmorph.tracking.store import check_artifacts, check_store, store_problem
 MONITOR_STOP_S = 5.0  # the most ending a run waits for MLflow's system-metrics thread
 
 
+class EndFailed(GalmorphError):
+    """Run `run_id`'s work is done, but MLflow could not mark it FINISHED: it is still RUNNING."""
+
+    recorded = True  # nowhere to record it: the tracking store is what failed
+
+    def __init__(self, run_id: str, cause: BaseException):
+        reason = redact(str(cause)).splitlines()[0][:300] if str(cause).strip() else type(cause).__name__
+        super().__init__(f"run {run_id} could not be marked FINISHED, and is still RUNNING: {reason}")
+        self.run_id = run_id
+
+
 def validated(check) -> GalmorphError | None:
     """Call `check()` (a config's validate) before any MLflow call and return its GalmorphError,
     for the caller to raise inside its run, which then ends FAILED with the reason. Where the
@@ -107,7 +118,10 @@ def run(run_name: str | None = None, *, nested: bool = False, tags: dict | None 
         raise KeyboardInterrupt(signal_name) from exc
     else:
         with interrupts.held():
-            _end(active, "FINISHED")
+            try:
+                _end(active, "FINISHED")
+            except Exception as exc:
+                raise EndFailed(active.info.run_id, exc) from exc
 
 
 def _release_frames(exc: BaseException) -> None:

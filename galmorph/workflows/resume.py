@@ -7,13 +7,19 @@ one-line GalmorphError and leaves the run exactly as it was. The settings come f
 logged parameters (every TrainConfig setting is logged when a run starts; its config.yaml
 artifact exists only once a run finished); the checkpoint from the local cache
 (galmorph.core.checkpoints.run_folder) or, failing that, from the run's artifacts.
+
+What a run leaves to resume from is decided here too: a FAILED or interrupted run logs its last
+checkpoint (log_checkpoint); a FINISHED one drops its checkpoints, local and logged (finished);
+one that MLflow could not mark FINISHED keeps them (not_finished).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import fields
 from pathlib import Path
@@ -162,3 +168,53 @@ def _download(client, run_id: str, local: Path) -> Path | None:
         final = local / f"epoch-{epoch:04d}"
         shutil.move(str(got), final)
     return final
+
+
+def log_checkpoint(run_id: str) -> None:
+    """A run that fails or is interrupted logs its last checkpoint to its artifacts
+    (checkpoint/), so that it can be resumed on another machine (best effort)."""
+    from galmorph.core import interrupts
+
+    folder = checkpoints.latest(checkpoints.run_folder(run_id))
+    if folder is None:
+        return
+    with contextlib.suppress(Exception):
+        import mlflow
+
+        with interrupts.held():  # no half-copied checkpoint among the artifacts
+            mlflow.log_artifacts(str(folder), checkpoints.ARTIFACT_PATH)
+
+
+def finished(run_id: str, was_resumed: bool) -> None:
+    """Called once MLflow marked the run FINISHED: it cannot be resumed any more, so its local
+    checkpoints go (about twice the model's size), and so does the checkpoint/ artifact that a
+    resumed run had logged when it failed or was interrupted."""
+    with contextlib.suppress(OSError):
+        checkpoints.discard(checkpoints.run_folder(run_id))
+    if not was_resumed:  # a run logs a checkpoint only as it ends FAILED or KILLED
+        return
+    import mlflow
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        client = mlflow.MlflowClient()
+        if any(a.path == checkpoints.ARTIFACT_PATH for a in client.list_artifacts(run_id)):
+            repository = get_artifact_repository(client.get_run(run_id).info.artifact_uri,
+                                                 tracking_uri=mlflow.get_tracking_uri())
+            repository.delete_artifacts(checkpoints.ARTIFACT_PATH)
+    except Exception as exc:  # the run is FINISHED either way
+        reason = tracking.redact(str(exc)).splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        print(f"galmorph: run {run_id} keeps its {checkpoints.ARTIFACT_PATH}/ artifact, which it no longer "
+              f"needs: {reason}", file=sys.stderr)
+
+
+def not_finished(exc: tracking.EndFailed) -> GalmorphError:
+    """The error of a run whose training ended but which MLflow could not mark FINISHED (it
+    stays RUNNING): how to finish it, where its checkpoint allows."""
+    if checkpoints.latest(checkpoints.run_folder(exc.run_id)) is None:
+        error = GalmorphError(str(exc))
+    else:
+        error = GalmorphError(f"{exc}; its checkpoint is kept: `galmorph train --resume {exc.run_id}` finishes it "
+                              "once the tracking store answers")
+    error.recorded = True
+    return error

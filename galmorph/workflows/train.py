@@ -6,7 +6,6 @@ Everything here is backend-neutral: the backend only builds, fits and predicts.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
@@ -57,21 +56,26 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
         run_tags.update(_clear_failure(mlflow, resumed.run_id))
     name = config.run_name or tags.run_name(config.model, config.backend, config.dataset)
     # no system-metrics thread for a run that only records a settings error
-    with tracking.run(name, nested=nested, tags=run_tags, system_metrics=not nested and problem is None,
-                      run_id=resumed.run_id if resumed else None) as active:
-        if started is not None:
-            started(active.info.run_id)
-        if problem is not None:
-            raise problem
-        # nested runs (multiseed children, trials, hierarchy nodes) say which run a line is from
-        progress_prefix = name if nested else ""
-        try:
-            final = _run(config, active, prepared, trial, mlflow, after_fit, progress_prefix, resumed)
-        except Exception:
-            _log_checkpoint(active.info.run_id, finished=False)  # a FAILED run can be resumed elsewhere
+    try:
+        with tracking.run(name, nested=nested, tags=run_tags, system_metrics=not nested and problem is None,
+                          run_id=resumed.run_id if resumed else None) as active:
+            if started is not None:
+                started(active.info.run_id)
+            if problem is not None:
+                raise problem
+            # nested runs (multiseed children, trials, hierarchy nodes) say which run a line is from
+            progress_prefix = name if nested else ""
+            try:
+                final = _run(config, active, prepared, trial, mlflow, after_fit, progress_prefix, resumed)
+            except (Exception, KeyboardInterrupt):  # FAILED, or KILLED by Ctrl-C or SIGTERM
+                resume.log_checkpoint(active.info.run_id)
+                raise
+    except tracking.EndFailed as exc:
+        if exc.run_id != active.info.run_id:  # a nested run's (after_fit)
             raise
-        _log_checkpoint(active.info.run_id, finished=True)
-        return final
+        raise resume.not_finished(exc) from None
+    resume.finished(active.info.run_id, was_resumed=resumed is not None)
+    return final
 
 
 def _clear_failure(mlflow, run_id: str) -> dict:
@@ -95,27 +99,6 @@ def _hand_over_launcher_run(run_id: str) -> None:
 
         mlflow.MlflowClient().set_tag(launcher, tags.RESUMED_RUN, run_id)
         del os.environ["MLFLOW_RUN_ID"]
-
-
-def _log_checkpoint(run_id: str, finished: bool) -> None:
-    """A FAILED run's last checkpoint goes to its artifacts (checkpoint/), so that it can be
-    resumed on another machine (best effort). A FINISHED run cannot be resumed: its local
-    checkpoints are removed, not logged (they are about twice the model's size)."""
-    import shutil
-
-    from galmorph.core import interrupts
-
-    if finished:
-        shutil.rmtree(checkpoints.run_folder(run_id), ignore_errors=True)
-        return
-    folder = checkpoints.latest(checkpoints.run_folder(run_id))
-    if folder is None:
-        return
-    with contextlib.suppress(Exception):
-        import mlflow
-
-        with interrupts.held():  # no half-copied checkpoint among the artifacts
-            mlflow.log_artifacts(str(folder), checkpoints.ARTIFACT_PATH)
 
 
 def _epoch_log(mlflow):

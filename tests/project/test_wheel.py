@@ -1,9 +1,15 @@
 """A wheel built from the project works outside the clone: experiments/ travels as package
-data, so `galmorph data info` and a training run find the architectures and schemes."""
+data, so `galmorph data info` and a training run find the architectures and schemes.
+
+The wheel goes into a fresh virtual environment that sees what a user's `pip install
+galmorph-*.whl` would: its dependencies as this environment has them (a virtual environment,
+a conda environment or the system interpreter alike), never the clone."""
 
 import shutil
+import site
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO, child_env
@@ -20,6 +26,30 @@ def _copy_tracked_tree(dest):
             shutil.copy2(src, dest / name)
 
 
+def _site_dirs() -> list[str]:
+    """Where this interpreter finds installed packages: its environment's site-packages (a
+    venv's own, and its base's with --system-site-packages; a conda environment's; the system
+    interpreter's dist-packages) and the user's site-packages."""
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return [d for d in dict.fromkeys(dirs) if Path(d).is_dir()]
+
+
+def _venv_seeing_this_environment(venv: Path) -> Path:
+    """A fresh venv whose sys.path ends with this environment's site-packages: plain path lines
+    in a .pth, so the .pth files in those folders (an editable install of the clone) are not
+    run. (`venv --system-site-packages` from a venv's interpreter sees the base interpreter's
+    packages, not the venv's.) Returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    py = venv / "bin" / "python"
+    purelib = subprocess.run([str(py), "-I", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    assert purelib.startswith(str(venv)), purelib
+    (Path(purelib) / "this_environment.pth").write_text("".join(f"{d}\n" for d in _site_dirs()))
+    return py
+
+
 @pytest.mark.slow
 def test_wheel_installs_and_trains_outside_the_clone(tmp_path):
     src, dist, venv, work = (tmp_path / d for d in ("src", "dist", "venv", "work"))
@@ -34,12 +64,12 @@ def test_wheel_installs_and_trains_outside_the_clone(tmp_path):
         built = subprocess.run(wheel_cmd, capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = dist.glob("galmorph-*.whl")
-    # the frameworks and MLflow come from this interpreter's site-packages; galmorph only from the wheel
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
-    py = venv / "bin" / "python"
-    installed = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
-                               capture_output=True, text=True, timeout=600)
-    assert installed.returncode == 0, installed.stderr[-3000:]
+    py = _venv_seeing_this_environment(venv)
+    # with its dependencies but no index: pip resolves them against this environment's packages
+    # and fails if one is missing or of a version the wheel does not accept
+    installed = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-index", f"{wheel}[torch]"],
+                               capture_output=True, text=True, timeout=600, env=child_env({"PYTHONPATH": ""}))
+    assert installed.returncode == 0, installed.stdout[-1500:] + installed.stderr[-3000:]
 
     env = child_env({"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "GALMORPH_CACHE": str(work / "cache"),
                      "PYTHONPATH": ""})
@@ -50,6 +80,11 @@ def test_wheel_installs_and_trains_outside_the_clone(tmp_path):
     assert where.returncode == 0, where.stderr
     module_file, experiments = where.stdout.split()
     assert module_file.startswith(str(venv)) and experiments.startswith(str(venv)), where.stdout
+    # without the wheel the venv has no galmorph: the clone is not on its path
+    bare = subprocess.run([str(py), "-c", "import sys; sys.path.remove(sys.argv[1]); import galmorph",
+                           str(Path(module_file).parent.parent)], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert bare.returncode != 0 and "No module named 'galmorph'" in bare.stderr, bare.stderr[-2000:]
 
     cli = str(venv / "bin" / "galmorph")
     info = subprocess.run([cli, "data", "info"], cwd=work, env=env, capture_output=True, text=True, timeout=120)

@@ -12,12 +12,11 @@ import json
 import signal
 import subprocess
 import sys
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import PG_SECRET, REPO, child_env, free_port, run_python, stop_group, wait_for
+from conftest import PG_SECRET, REPO, child_env, run_python, start_mlflow_server, stop_group, wait_for
 
 from galmorph.workflows.tune import open_storage, postgres_driver
 
@@ -32,38 +31,16 @@ class Server:
     log: Path
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-            return answer.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def mlflow_server(postgres_server, tmp_path):
     """`mlflow server` on a free loopback port: its store the database mlflow of the test
     PostgreSQL (the password through PGPASSWORD, not in the URI), its artifacts served from
-    tmp_path. The server's GenAI job executor (7 huey processes) is switched off: galmorph uses none."""
+    tmp_path."""
     postgres_server.create_database("mlflow")
-    port, artifacts, log = free_port(), tmp_path / "mlartifacts", tmp_path / "mlflow-server.log"
+    artifacts, log = tmp_path / "mlartifacts", tmp_path / "mlflow-server.log"
     store = postgres_driver(postgres_server.url("mlflow", password=False))
-    env = child_env({"PGPASSWORD": PG_SECRET, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    env.pop("MLFLOW_TRACKING_URI", None)
-    with open(log, "w") as out:  # its own session: the uvicorn workers go down with it
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--serve-artifacts",
-             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def up():
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited ({proc.returncode}): {log.read_text()[-3000:]}")
-        return _healthy(url)
-
+    proc, url = start_mlflow_server(store, artifacts, log, {"PGPASSWORD": PG_SECRET})
     try:
-        wait_for(up, 180, "mlflow server's /health")
         yield Server(url, artifacts, log)
     finally:
         stop_group(proc, timeout=30)
