@@ -38,7 +38,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 from galmorph.core import stats  # noqa: E402
 from galmorph.workflows.report.collect import REFERENCE_TAG  # noqa: E402
 
-METRICS = ("test_accuracy", "test_balanced_accuracy", "test_tta_accuracy", "test_tta_balanced_accuracy")
+METRICS = ("test_accuracy", "test_balanced_accuracy", "test_tta_accuracy", "test_tta_balanced_accuracy",
+           "test_decision_accuracy", "test_decision_balanced_accuracy")  # decision: the validation-chosen rule
 
 
 def configurations(path: Path, only: list[str] | None) -> dict[str, dict]:
@@ -101,13 +102,18 @@ def sweep(args, configs: dict[str, dict]) -> dict[tuple[str, int], dict]:
     return results
 
 
-def _lowest_recall(metrics: dict) -> float:
-    """The recall of the class found least often (test_recall_<class>): the rare class's fate."""
-    return min(v for k, v in metrics.items() if k.startswith("test_recall_"))
+def _lowest_recall(prefix: str):
+    """The recall of the class found least often (<prefix><class>): the rare class's fate;
+    None for a run that did not log it."""
+    def lowest(metrics: dict):
+        found = [v for k, v in metrics.items() if k.startswith(prefix)]
+        return min(found) if found else None
+    return lowest
 
 
-# the cost beside the gain: (column, how a run's metrics give it)
-COST = (("lowest class recall", _lowest_recall),
+# the rare class and the cost beside the gain: (column, how a run's metrics give it)
+COST = (("lowest class recall", _lowest_recall("test_recall_")),
+        ("lowest, decision rule", _lowest_recall("test_decision_recall_")),
         ("parameters (M)", lambda m: m["trainable_params"] / 1e6),
         ("train img/s", lambda m: m["train_images_per_s"]),
         ("min/run", lambda m: m["fit_time_s"] / 60))
@@ -126,12 +132,15 @@ def table(results: dict, configs: dict, seeds: list[int]) -> str:
         cells = []
         for m in METRICS:
             vals = [results[(name, s)][m] for s in have if m in results[(name, s)]]
-            cells.append("{:.3f} ± {:.3f}".format(*stats.mean_std(vals)) if vals else "-")
+            cell = "{:.3f} ± {:.3f}".format(*stats.mean_std(vals)) if vals else "-"
+            # runs from before a metric existed lack it: say over how many seeds the cell is
+            cells.append(cell + (f" (seeds: {len(vals)})" if vals and len(vals) < len(have) else ""))
         gains = [_gain(results, name, have, m) for m in ("test_accuracy", "test_balanced_accuracy")]
         costs = []
         for _, value in COST:
-            vals = [value(results[(name, s)]) for s in have]
-            costs.append("{:.3g} ± {:.2g}".format(*stats.mean_std(vals)) if len(vals) > 1 else f"{vals[0]:.3g}")
+            vals = [v for v in (value(results[(name, s)]) for s in have) if v is not None]
+            costs.append("-" if not vals else f"{vals[0]:.3g}" if len(vals) == 1 else
+                         "{:.3g} ± {:.2g}".format(*stats.mean_std(vals)))
         lines.append(f"| {name} | {len(have)} | " + " | ".join(cells) + " | " + " | ".join(gains) + " | "
                      + " | ".join(costs) + " |")
     return "\n".join(lines)
