@@ -35,7 +35,10 @@ ARTIFACT_PATH = "model"
 SETTINGS = "settings.json"
 INFO = "info"  # artifacts/info.json: the ModelInfo, for the model's own code (MLmodel metadata holds it too)
 MEMBER = "member"  # artifacts/member0, member1, ...
-PARAMS = {"tta": "false", "calibrated": True}  # the pyfunc's inference parameters and their defaults
+# the pyfunc's inference parameters and their defaults: tta (boolean, as models logged before
+# dihedral TTA took it), which views it averages (paper40: the 40; dihedral: the 8 of the centre
+# crop), calibrated
+PARAMS = {"tta": False, "tta_views": "paper40", "calibrated": True}
 
 
 class _Member:
@@ -68,8 +71,8 @@ class _Member:
 class GalmorphModel(mlflow.pyfunc.PythonModel):
     """uint8 RGB images (N, side, side, 3) -> galmorph.inference.model.table (a DataFrame).
 
-    Params (signature params): `tta` (true: the mean over the 40 views; dihedral: over the 8
-    rotations and mirrors of the centre crop; also a boolean), `calibrated` (apply each
+    Params (signature params): `tta` (the mean over views), `tta_views` (which: paper40, the 40
+    views, or dihedral, the 8 rotations and mirrors of the centre crop), `calibrated` (apply each
     network's temperature; False: the networks as trained). An ensemble averages its members'
     probabilities and adds their standard deviation (population std over members).
     """
@@ -95,7 +98,8 @@ class GalmorphModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: np.ndarray, params: dict | None = None):
         params = {**PARAMS, **(params or {})}
         x = check_images(_array(model_input), int(self.info["image_side"]))
-        found = self.prediction(x, tta=params["tta"], calibrated=_flag(params["calibrated"]))
+        tta = params["tta_views"] if _flag(params["tta"]) else False
+        found = self.prediction(x, tta=tta, calibrated=_flag(params["calibrated"]))
         return table(found, self.info["class_names"])
 
 
@@ -116,7 +120,7 @@ def _flag(value) -> bool:
 
 
 def signature(info: ModelInfo):
-    """uint8 (-1, side, side, 3) in; the table's columns out; params tta (string), calibrated."""
+    """uint8 (-1, side, side, 3) in; the table's columns out; params tta, tta_views, calibrated."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 

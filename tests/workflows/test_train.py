@@ -120,6 +120,8 @@ model = load({run.info.run_id!r})
 raw = model.predict(x, calibrated=False).proba
 calibrated = model.predict(x).proba
 table = model.pyfunc.predict(x[:3], params={{"tta": True}})
+dihedral = model.pyfunc.predict(x[:3], params={{"tta": True, "tta_views": "dihedral"}})
+by_hand = model.predict(x[:3], tta="dihedral").proba
 same = load("runs:/{run.info.run_id}/model").predict(x[:2], calibrated=False).proba
 try:
     model.predict(x[:, :60, :60])
@@ -132,6 +134,9 @@ print(json.dumps({{"raw": float(np.abs(raw - want).max()),
     "calibrated": float(np.abs(calibrated - calibration.apply_temperature(want, model.info.temperature)).max()),
     "same": float(np.abs(same - raw[:2]).max()), "columns": list(table.columns),
     "tta_sums": table[[c for c in table.columns if c.startswith("p_")]].sum(axis=1).tolist(),
+    "dihedral": float(np.abs(dihedral[[c for c in dihedral.columns if c.startswith("p_")]].to_numpy() - by_hand).max()),
+    "dihedral_vs_40": float(np.abs(dihedral[[c for c in dihedral.columns if c.startswith("p_")]].to_numpy()
+                                   - table[[c for c in table.columns if c.startswith("p_")]].to_numpy()).max()),
     "info": {{k: v for k, v in vars(model.info).items()}}, "wrong_side": wrong_side,
     "input": sig.inputs.to_dict(), "params": sig.params.to_dict(),
     "example": list(np.asarray(meta.load_input_example(mlflow.artifacts.download_artifacts(model.uri))).shape)}}))
@@ -143,6 +148,7 @@ print(json.dumps({{"raw": float(np.abs(raw - want).max()),
     assert result["calibrated"] < 1e-5
     assert result["columns"] == ["p_E", "p_S0", "p_Sp", "p_Irr", "predicted", "confidence"]
     assert result["tta_sums"] == pytest.approx([1.0] * 3, abs=1e-6)
+    assert result["dihedral"] < 1e-9 and result["dihedral_vs_40"] > 0  # the 8 views, not the 40
     info = result["info"]
     assert info["temperature"] == pytest.approx(run.data.metrics["temperature"])
     assert (info["class_names"], info["image_side"], info["band"], info["kind"], info["run_id"]) == (
@@ -150,7 +156,8 @@ print(json.dumps({{"raw": float(np.abs(raw - want).max()),
     assert info["pixel_scale"] == pytest.approx(1.188, abs=1e-3) and info["network"] == ENTRY_POINTS[entry_point][0]
     assert "69x69" in result["wrong_side"]
     assert result["input"] == [{"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, 69, 69, 3]}}]
-    assert {p["name"]: p["default"] for p in result["params"]} == {"tta": False, "calibrated": True}
+    assert {p["name"]: p["default"] for p in result["params"]} == {"tta": False, "tta_views": "paper40",
+                                                                    "calibrated": True}
     assert result["example"] == [3, 69, 69, 3]
 
 
