@@ -280,3 +280,14 @@ def test_resnet18_trains_through_mlflow_run_then_predicts_and_explains(zoo_runs,
     assert explain.returncode == 0, explain.stderr[-2000:]
     names = {a.path for a in client.list_artifacts(run_id, "explain")}
     assert any("grad_cam" in n for n in names), names
+
+
+def test_every_zoo_network_has_the_zoo_search_space_and_c2_keeps_its_own():
+    from galmorph.workflows.tune.space import load_space
+
+    for name in ZOO:
+        space = load_space(name)  # also checks every candidate value is a valid setting for it
+        assert space.path.name == "zoo.yaml" and space.model == name
+        fields = {p.field for p in space.params}
+        assert "augment" in fields and not fields & {"width", "dense_units"}
+    assert load_space("c2").path.name == "c2.yaml"
