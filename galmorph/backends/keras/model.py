@@ -1,11 +1,8 @@
 """Keras translation of a galmorph NetworkSpec.
 
 The one import up the layers, `galmorph.inference.pyfunc.network_dir` inside
-`logged_network`, is deliberate: where a network lies inside a logged galmorph model
-(artifacts/member<k>) is the pyfunc module's to say, once, and the backend needs it to load
-a logged network for --init-from and explain. It is imported inside the function (importing
-the backend loads no MLflow pyfunc code), and pyfunc reaches a backend only by name, through
-the registry at run time (galmorph.backends.get), so the two never import each other.
+`logged_network`, is deliberate, for the reason galmorph/backends/torch/model.py gives: the
+pyfunc module alone says where a network lies inside a logged model.
 """
 
 from __future__ import annotations
