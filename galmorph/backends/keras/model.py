@@ -73,7 +73,7 @@ def _build_zoo(spec: NetworkSpec, dtype, pretrained: bool) -> keras.Model:
                             f"`pip install {builder['module'].split('.')[0].replace('_', '-')}`") from None
     make = getattr(module, builder["name"])
     try:
-        return _zoo_graph(spec, builder, make, dict(builder.get("args") or {}), dtype, pretrained)
+        return _zoo_graph(spec, builder, make, dtype, pretrained)
     except (OSError, ValueError) as exc:  # no download and no cached copy
         if not pretrained:
             raise
@@ -82,7 +82,8 @@ def _build_zoo(spec: NetworkSpec, dtype, pretrained: bool) -> keras.Model:
                             "--pretrained") from None
 
 
-def _zoo_graph(spec: NetworkSpec, builder: dict, make, args: dict, dtype, pretrained: bool) -> keras.Model:
+def _zoo_graph(spec: NetworkSpec, builder: dict, make, dtype, pretrained: bool) -> keras.Model:
+    args = builder.get("args") or {}
     with _dtype_policy(dtype):
         if builder["call"] == "backbone":
             backbone = (make.from_preset(spec.pretrained_name("keras"), image_shape=spec.input_shape, load_weights=True)
