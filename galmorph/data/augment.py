@@ -223,6 +223,19 @@ def eval_batches(maker: BatchMaker, indices: np.ndarray, batch_size: int, views=
         yield maker.batch(indices[start : start + batch_size], views)
 
 
+def view_mean(predict, maker: BatchMaker, indices: np.ndarray, batch_size: int, tta, each=None) -> np.ndarray:
+    """The mean over the views of TTA setting `tta` (tta_views) of `predict(batches)`, the
+    (N, K) output for one view's eval_batches; `each`, if given, maps each view's output first
+    (e.g. a temperature)."""
+    views = tta_views(tta)
+    total = None
+    for view in views:
+        out = predict(eval_batches(maker, indices, batch_size, view))
+        out = each(out) if each is not None else out
+        total = out.astype(np.float64) if total is None else total + out
+    return total / len(views)
+
+
 _POLL_S = 0.1  # how often a waiting producer or consumer looks whether the other one is gone
 
 

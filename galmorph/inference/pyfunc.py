@@ -59,13 +59,9 @@ class _Member:
 
         s = self.settings
         maker = augment.BatchMaker(x, s["channels"], s["crop_fraction"])
-        index = np.arange(x.shape[0])
-        views = augment.tta_views(tta)
-        total = np.zeros((x.shape[0], len(s["class_names"])))
-        for view in views:
-            p = self.backend.predict_proba(self.network, augment.eval_batches(maker, index, s["batch_size"], view))
-            total += calibration.apply_temperature(p, s["temperature"]) if calibrated else p
-        return total / len(views)
+        each = (lambda p: calibration.apply_temperature(p, s["temperature"])) if calibrated else None
+        return augment.view_mean(lambda batches: self.backend.predict_proba(self.network, batches), maker,
+                                 np.arange(x.shape[0]), s["batch_size"], tta, each)
 
 
 class GalmorphModel(mlflow.pyfunc.PythonModel):

@@ -244,11 +244,12 @@ def _evaluate(config, backend, model, prepared, reporter):
     # calibrated ones, *_uncalibrated the network's own (predictions.csv holds the latter)
     temperature = calibration.fit_temperature(labels[split.val], val_proba)
     final.update({"temperature": temperature, **calibration.calibration_metrics(labels[split.test], proba, temperature)})
-    rule = _decision_rule(labels[split.train], labels[split.val], labels[split.test], val_proba, proba, temperature,
-                          data.class_names, final)
+    rule = _decision_rule(labels[split.train], labels[split.val], labels[split.test],
+                          calibration.apply_temperature(val_proba, temperature),
+                          calibration.apply_temperature(proba, temperature), data.class_names, final)
     if config.tta != "false":  # test_tta_* over the 40 views, test_tta_dihedral_* over the 8
-        tta = np.mean([backend.predict_proba(model, augment.eval_batches(maker, split.test, config.eval_batch_size, v))
-                       for v in augment.tta_views(config.tta)], axis=0)
+        tta = augment.view_mean(lambda batches: backend.predict_proba(model, batches), maker, split.test,
+                                config.eval_batch_size, config.tta)
         tta_report = metrics.evaluate(labels[split.test], tta, data.class_names)
         prefix = "test_tta_" if config.tta == "true" else f"test_tta_{config.tta}_"
         final.update({f"{prefix}{k}": tta_report[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")})
@@ -258,12 +259,12 @@ def _evaluate(config, backend, model, prepared, reporter):
     return final, report, proba, temperature, rule
 
 
-def _decision_rule(y_train, y_val, y_test, val_proba, test_proba, temperature, class_names, final: dict):
+def _decision_rule(y_train, y_val, y_test, val_calibrated, test_calibrated, class_names, final: dict):
     """The logged model's decision rule, chosen on the validation split (galmorph.core.decision)
     from the calibrated probabilities; its test metrics (test_decision_*) go into `final`."""
     prior = np.bincount(y_train, minlength=len(class_names)) / max(y_train.size, 1)
-    rule = decision.choose(y_val, calibration.apply_temperature(val_proba, temperature), prior)
-    scores = decision.reweighted(calibration.apply_temperature(test_proba, temperature), rule.weights)
+    rule = decision.choose(y_val, val_calibrated, prior)
+    scores = decision.reweighted(test_calibrated, rule.weights)
     found = metrics.evaluate(y_test, scores, class_names)
     final.update({"decision_alpha": rule.alpha,
                   **{f"test_decision_{k}": found[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")},
