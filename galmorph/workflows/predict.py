@@ -265,7 +265,7 @@ def run(config: PredictConfig, *, progress: bool | None = None) -> Summary:
     store = parts.Parts.open(output, parts_key(config, model, sources), restart=config.restart)
     first = store.done()
     done = min(first * config.part_size, total)
-    if done and not config.quiet:
+    if done:
         print(f"galmorph predict: continuing {store.folder}: {done} of {total} galaxies done", file=sys.stderr)
     bar = _progress_bar(total, progress, done)
     predictor = _Predictor(model, config, bar)
