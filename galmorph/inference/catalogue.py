@@ -1,5 +1,5 @@
-"""A CSV or Parquet catalogue of coordinates as a source of galaxies: SDSS SkyServer cutouts at the
-model's side and pixel scale, fetched by the nair2010 fetcher (galmorph.data.nair2010.cutouts:
+"""A CSV or Parquet catalogue as a source of galaxies: of coordinates, SDSS SkyServer cutouts at
+the model's side and pixel scale, fetched by the nair2010 fetcher (galmorph.data.nair2010.cutouts:
 one token-bucket rate limit, retries under galmorph's HTTP policy, each good cutout stored in
 the cache the moment it arrives).
 
@@ -8,6 +8,10 @@ output's source, else `<file>.csv[row]`), `scale` in arcsec/px (optional; else -
 the model's training pixel scale). A cutout is cached under
 `<cache>/<ra>_<dec>_<scale>_<side>.jpg`, so a run that was interrupted, or a later run on an
 overlapping catalogue, fetches only what is not cached yet.
+
+Or of image files: a `path` column (relative to the catalogue's folder, or absolute) names a
+JPEG, PNG or FITS file per row, read, cropped and resized as galmorph.inference.inputs reads
+files; `id`, `ra` and `dec` are optional and carried into the output.
 
 A catalogue of any length is read PIECE rows at a time: each piece is planned, its missing
 cutouts fetched, and its galaxies yielded before the next piece is read.
@@ -22,10 +26,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from galmorph.core.errors import GalmorphError
-from galmorph.inference.inputs import Entry, Geometry, one_line
+from galmorph.inference.inputs import Entry, Geometry, file_entry, one_line
 
 PIECE = 4096  # catalogue rows planned, fetched and decoded together
-COLUMNS = ("ra", "dec", "id", "scale")  # the columns read; any others are ignored
+COLUMNS = ("ra", "dec", "id", "scale", "path")  # the columns read; any others are ignored
 
 
 def cutout_file(cache: Path, ra: float, dec: float, scale: float, side: int) -> Path:
@@ -46,7 +50,7 @@ def _parquet(path: Path) -> bool:
 
 def read_columns(path: Path) -> tuple[list[str], int]:
     """A catalogue's column names (lower-cased) and its number of rows; GalmorphError when it
-    cannot be read or lacks ra or dec."""
+    cannot be read or has neither ra and dec nor path."""
     try:
         if _parquet(path):
             import pyarrow.parquet as pq
@@ -62,9 +66,10 @@ def read_columns(path: Path) -> tuple[list[str], int]:
         what = "Parquet" if _parquet(path) else "CSV"
         raise GalmorphError(f"catalogue {path}: cannot read it as {what} ({one_line(exc)})") from None
     missing = [c for c in ("ra", "dec") if c not in columns]
-    if missing:
+    if missing and "path" not in columns:
         raise GalmorphError(f"catalogue {path} has no {' or '.join(missing)} column (has: {', '.join(columns) or 'none'}); "
-                            "give ra and dec in degrees, with an optional id and scale (arcsec/px)")
+                            "give ra and dec in degrees, with an optional id and scale (arcsec/px), or a path "
+                            "column of image files")
     return columns, n
 
 
@@ -98,10 +103,11 @@ class CatalogueSource:
 
     kind = "catalogue"
 
-    def __init__(self, path: Path, geometry: Geometry, cache: Path, *, scale: float | None, fetch):
+    def __init__(self, path: Path, geometry: Geometry, cache: Path, *, scale: float | None, fetch, fits_reader=None):
         self.path, self.geometry, self.cache, self.fetch = path, geometry, cache, fetch
         columns, self.n = read_columns(path)
-        if scale is None and "scale" not in columns:
+        self.fits_reader, self.of_files = fits_reader, "path" in columns  # a catalogue of image files
+        if scale is None and "scale" not in columns and not self.of_files:
             raise GalmorphError(f"the model's training set has no fixed pixel scale (each cutout was scaled to its galaxy), "
                                 f"so catalogue {path} needs a scale column in arcsec/px, or pass --scale")
         self.default_scale = scale
@@ -142,9 +148,22 @@ class CatalogueSource:
                 return
             yield from self._piece(piece, first)
 
+    def _files(self, rows: list[dict], first: int) -> Iterator[Entry]:
+        for k, row in enumerate(rows):
+            meta = {key: row[key] for key in ("id",) if row.get(key)}
+            meta.update({key: _number(row[key]) for key in ("ra", "dec") if row.get(key)})
+            if not row.get("path"):
+                yield Entry(row.get("id") or f"{self.path}[{first + k}]", error="no path", meta=meta)
+                continue
+            path = self.path.parent / Path(row["path"]).expanduser()  # an absolute path stays itself
+            yield file_entry(path, self.geometry, self.fits_reader, row.get("id") or row["path"], meta)
+
     def _piece(self, rows: list[dict], first: int) -> Iterator[Entry]:
         from galmorph.data.nair2010.cutouts import decode
 
+        if self.of_files:
+            yield from self._files(rows, first)
+            return
         ras, decs, scales, files, problems = self._plan(rows)
         todo = [k for k, f in enumerate(files) if f is not None and not f.is_file()]
         self.fetch(todo, files, ras, decs, scales, problems, self.geometry.side)

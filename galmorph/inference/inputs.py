@@ -138,15 +138,18 @@ class FileSource:
 
     def entries(self, start: int = 0) -> Iterator[Entry]:
         for path in self.files[start:]:
-            try:
-                if suffix(path) in FITS_SUFFIXES:
-                    image = self.fits_reader(path, self.geometry)
-                else:
-                    image = read_image(path, self.geometry)
-            except (ValueError, OSError) as exc:
-                yield Entry(str(path), error=one_line(exc) or type(exc).__name__)
-            else:
-                yield Entry(str(path), image)
+            yield file_entry(path, self.geometry, self.fits_reader)
+
+
+def file_entry(path: Path, geometry: Geometry, fits_reader, source: str | None = None, meta: dict | None = None) -> Entry:
+    """A JPEG, PNG or FITS file as an entry named `source` (default: the path): its image, or
+    the one-line reason it has none."""
+    source = str(path) if source is None else source
+    try:
+        image = fits_reader(path, geometry) if suffix(path) in FITS_SUFFIXES else read_image(path, geometry)
+    except (ValueError, OSError) as exc:
+        return Entry(source, error=one_line(exc) or type(exc).__name__, meta=meta or {})
+    return Entry(source, image, meta=meta or {})
 
 
 class H5Source:

@@ -53,8 +53,8 @@ class PredictConfig:
     model: str = option("", "the model: a run id, runs:/<id>/model, models:/NAME/VERSION, models:/NAME@ALIAS, or a "
                             "multiseed parent run (an ensemble)", required=True)
     inputs: str = option("", "JPEG/PNG files or folders of them (recursive), FITS files, Galaxy10-format .h5 files, "
-                             "CSV catalogues with ra, dec (degrees) and optional id and scale (arcsec/px); the CLI "
-                             "takes several", required=True)
+                             "CSV or Parquet catalogues with ra, dec (degrees) and optional id and scale (arcsec/px), "
+                             "or with a path column of image files; the CLI takes several", required=True)
     output: str = option("predictions.csv", "output file: CSV, or Parquet where it ends in .parquet; failures go to "
                                             "<stem>.errors.csv beside it")
     crop: float = option(1.0, "centre crop, as a fraction of the shorter side, before images are resized to the "
@@ -158,7 +158,7 @@ def sources_for(config: PredictConfig, info, progress: bool) -> list:
     reader = fits.reader(config.stretch(), len(info.band))
 
     def catalogue(path: Path):
-        return CatalogueSource(path, geometry, cache, scale=scale, fetch=_fetcher(config, progress))
+        return CatalogueSource(path, geometry, cache, scale=scale, fetch=_fetcher(config, progress), fits_reader=reader)
 
     sources = inputs.discover(config.input_paths(), geometry, fits_reader=reader, catalogue=catalogue)
     _require("PIL", "galmorph predict")

@@ -100,3 +100,29 @@ def test_parts_continue_refuse_another_key_and_assemble_csv_or_parquet(tmp_path)
     assert not again.folder.exists() and parts.Parts.open(out, key, restart=True).done() == 0
     restarted = parts.Parts.open(out, {**key, "model": "other"}, restart=True)
     assert restarted.done() == 0 and restarted.key["model"] == "other"
+
+
+def test_a_catalogue_of_image_paths_reads_them_like_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(catalogue, "PIECE", 2)
+    rng = np.random.default_rng(1)
+    (tmp_path / "imgs").mkdir()
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"g{k}.png")
+    (tmp_path / "imgs" / "empty.png").write_bytes(b"")
+    geometry = inputs.Geometry(32, crop=0.8)
+    (files,) = inputs.discover([str(tmp_path / "imgs")], geometry)
+    rows = {"path": ["imgs/g0.png", str(tmp_path / "imgs" / "g1.png"), "imgs/empty.png", None, "imgs/g2.png"],
+            "id": ["a", None, "c", "d", "e"], "ra": [10.5, None, None, None, 11.0]}
+    pq.write_table(pa.table(rows), tmp_path / "list.parquet")
+    src = CatalogueSource(tmp_path / "list.parquet", geometry, tmp_path / "cache", scale=None, fetch=_no_fetch)
+    got = list(src)
+    assert [e.source for e in got] == ["a", str(tmp_path / "imgs" / "g1.png"), "c", "d", "e"]
+    by_name = {p.name: e.image for p, e in zip(files.files, files)}
+    for k, name in ((0, "g0.png"), (1, "g1.png"), (4, "g2.png")):
+        assert np.array_equal(got[k].image, by_name[name])
+    assert got[2].error == "empty file" and got[3].error == "no path" and got[3].meta == {"id": "d"}
+    assert got[0].meta == {"id": "a", "ra": 10.5} and got[1].meta == {}
+    _same(list(src.entries(3)), got[3:])
+    (tmp_path / "x.csv").write_text("name,size\nx,1\n")
+    with pytest.raises(GalmorphError, match="no ra or dec column .* or a path column of image files"):
+        CatalogueSource(tmp_path / "x.csv", geometry, tmp_path, scale=1, fetch=_no_fetch)
