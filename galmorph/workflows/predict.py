@@ -189,21 +189,26 @@ class _Predictor:
         from galmorph.inference.model import Prediction
 
         meta, proba, std, errors, pending = [], [], [], [], []
-        for entry in itertools.chain(entries, [None]):
-            if entry is not None and entry.image is None:
+
+        def flush():
+            pred = self._predict(np.stack([e.image for e in pending]))
+            proba.append(pred.proba)
+            if pred.std is not None:
+                std.append(pred.std)
+            meta.extend({"source": e.source, **e.meta} for e in pending)
+            self.bar.update(len(pending))
+            pending.clear()
+
+        for entry in entries:
+            if entry.image is None:
                 errors.append((entry.source, entry.error or "unreadable"))
                 self.bar.update(1)
                 continue
-            if entry is not None:
-                pending.append(entry)
-            if pending and (entry is None or len(pending) >= self.config.batch_size):
-                pred = self._predict(np.stack([e.image for e in pending]))
-                proba.append(pred.proba)
-                if pred.std is not None:
-                    std.append(pred.std)
-                meta += [{"source": e.source, **e.meta} for e in pending]
-                self.bar.update(len(pending))
-                pending = []
+            pending.append(entry)
+            if len(pending) >= self.config.batch_size:
+                flush()
+        if pending:
+            flush()
         k = len(self.model.info.class_names)
         prediction = Prediction(np.concatenate(proba) if proba else np.zeros((0, k)),
                                 np.concatenate(std) if std else (np.zeros((0, k)) if self._ensemble else None),
@@ -248,7 +253,7 @@ def parts_key(config: PredictConfig, model, sources: list) -> dict:
 
 def run(config: PredictConfig, *, progress: bool | None = None) -> Summary:
     """Predict every galaxy of `config.inputs` with `config.model` and write the output and
-    errors CSVs (module docstring). GalmorphError, before anything is written, for an unknown
+    errors files, by way of the parts (module docstring). GalmorphError, before anything is written, for an unknown
     or non-galmorph model, a missing input, an output folder that does not exist or takes no
     files, or a bad setting. `progress`: draw bars (default: when stderr is a terminal and not quiet)."""
     from galmorph.inference.model import load
@@ -282,5 +287,5 @@ def run(config: PredictConfig, *, progress: bool | None = None) -> Summary:
     errors = errors_path(output)
     n_ok, n_failed = store.assemble(output, errors)
     store.remove()
-    done = time.perf_counter()
-    return Summary(n_ok, n_failed, output, errors, done - started, done - loaded, predictor.model_seconds)
+    finished = time.perf_counter()
+    return Summary(n_ok, n_failed, output, errors, finished - started, finished - loaded, predictor.model_seconds)
