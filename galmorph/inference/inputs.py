@@ -3,7 +3,9 @@ of them, Galaxy10-format .h5 files, FITS files and catalogues of coordinates.
 
 Every input path becomes a `Source`: it knows how many galaxies it holds (for the progress
 bar) and yields one `Entry` per galaxy, in a stable order, either with its image or with
-the one-line reason it has none. A broken galaxy is an entry with an error, never an
+the one-line reason it has none; `entries(start)` yields them from the start-th on (a
+resumed prediction skips what is done without reading it), holding only a block of them
+in memory at a time whatever the input's length. A broken galaxy is an entry with an error, never an
 exception: the pipeline writes it to the errors file and predicts the others. Only what
 makes the whole command meaningless (a path that does not exist, a file type galmorph does
 not read, a folder without images) is a GalmorphError.
@@ -27,7 +29,7 @@ from galmorph.data import resize
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
 H5_SUFFIXES = (".h5", ".hdf5")
-CSV_SUFFIXES = (".csv",)
+CATALOGUE_SUFFIXES = (".csv", ".parquet")
 H5_CHUNK = 256  # rows of an .h5 file read at once: bounds memory whatever the file's size
 
 
@@ -132,16 +134,22 @@ class FileSource:
         return len(self.files)
 
     def __iter__(self) -> Iterator[Entry]:
-        for path in self.files:
-            try:
-                if suffix(path) in FITS_SUFFIXES:
-                    image = self.fits_reader(path, self.geometry)
-                else:
-                    image = read_image(path, self.geometry)
-            except (ValueError, OSError) as exc:
-                yield Entry(str(path), error=one_line(exc) or type(exc).__name__)
-            else:
-                yield Entry(str(path), image)
+        return self.entries()
+
+    def entries(self, start: int = 0) -> Iterator[Entry]:
+        for path in self.files[start:]:
+            yield file_entry(path, self.geometry, self.fits_reader)
+
+
+def file_entry(path: Path, geometry: Geometry, fits_reader, source: str | None = None, meta: dict | None = None) -> Entry:
+    """A JPEG, PNG or FITS file as an entry named `source` (default: the path): its image, or
+    the one-line reason it has none."""
+    source = str(path) if source is None else source
+    try:
+        image = fits_reader(path, geometry) if suffix(path) in FITS_SUFFIXES else read_image(path, geometry)
+    except (ValueError, OSError) as exc:
+        return Entry(source, error=one_line(exc) or type(exc).__name__, meta=meta or {})
+    return Entry(source, image, meta=meta or {})
 
 
 class H5Source:
@@ -181,14 +189,18 @@ class H5Source:
         return cols
 
     def __iter__(self) -> Iterator[Entry]:
+        return self.entries()
+
+    def entries(self, first: int = 0) -> Iterator[Entry]:
         import h5py
 
         if self.problem:
-            yield Entry(str(self.path), error=self.problem)
+            if first == 0:
+                yield Entry(str(self.path), error=self.problem)
             return
         with h5py.File(self.path, "r") as f:
             images, columns = f["images"], self._columns(f)
-            for start in range(0, self.n, H5_CHUNK):
+            for start in range(first, self.n, H5_CHUNK):
                 stop = min(start + H5_CHUNK, self.n)
                 block = images[start:stop]
                 values = {k: ds[start:stop] for k, ds in columns.items()}
@@ -205,13 +217,14 @@ def _plain(value):
 
 def discover(paths, geometry: Geometry, *, fits_reader=None, catalogue=None) -> list:
     """The sources of the INPUT paths, in the order given. `catalogue(path)` makes the source
-    of a CSV catalogue. GalmorphError for a missing path, a file type galmorph does not read,
+    of a CSV or Parquet catalogue. GalmorphError for a missing path, a file type galmorph does not read,
     or a folder without images."""
     sources = []
     for text in paths:
         path = Path(text).expanduser()
         if not path.exists():
-            raise GalmorphError(f"input {text} does not exist; give image, FITS, .h5 or .csv files or folders of images")
+            raise GalmorphError(f"input {text} does not exist; give image, FITS, .h5, .csv or .parquet files or "
+                                "folders of images")
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and suffix(p) in IMAGE_SUFFIXES + FITS_SUFFIXES)
             if not files:
@@ -223,9 +236,10 @@ def discover(paths, geometry: Geometry, *, fits_reader=None, catalogue=None) -> 
             sources.append(FileSource([path], geometry, fits_reader))
         elif kind in H5_SUFFIXES:
             sources.append(H5Source(path, geometry))
-        elif kind in CSV_SUFFIXES:
+        elif kind in CATALOGUE_SUFFIXES:
             sources.append(catalogue(path))
         else:
             raise GalmorphError(f"input {text}: galmorph predict reads {', '.join(IMAGE_SUFFIXES + FITS_SUFFIXES)}, "
-                                f"{', '.join(H5_SUFFIXES)} and .csv catalogues, not {kind or 'files without a suffix'}")
+                                f"{', '.join(H5_SUFFIXES)} and .csv or .parquet catalogues, not "
+                                f"{kind or 'files without a suffix'}")
     return sources
