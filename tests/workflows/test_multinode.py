@@ -1,0 +1,108 @@
+"""Training past one machine: two torchrun "nodes" on this host, as a user starts them on two.
+
+Each node is `torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint
+127.0.0.1:PORT -m galmorph train --devices 2 ...` (gloo on the CPU). Node 0 hosts the
+rendezvous (is_host=true, so that a port taken between choosing and binding it fails at once,
+EADDRINUSE, and the pair is started again on another) and node 1 joins it as a client.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import child_env, free_port, make_h5, stop_group
+
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
+# c1 without batch norm or dropout: data-parallel training is then the single-process training
+# of the same global batch (c2's batch norm normalises each rank's half batch by itself)
+TRAIN = ["train", "--backend", "torch", "--model", "c1", "--batchnorm", "false", "--dropout", "0", "--width", "0.25",
+         "--dense-units", "16", "--epochs", "2", "--batch-size", "8", "--augment", "none", "--val-fraction", "0.25",
+         "--test-fraction", "0.25", "--threads", "1", "--log-model", "false", "--quiet", "true"]
+TIMEOUT = 240  # a node that has not ended by then fails the test (normally: 10-20 s)
+
+
+def _two_nodes(tmp_path: Path, args: list[str], attempts: int = 3) -> list[tuple[int, str]]:
+    """Start the two nodes, wait for both; [(exit status, output)] of node 0 and node 1."""
+    for attempt in range(attempts):
+        port = free_port()
+        procs, logs = [], []
+        try:
+            for node in (0, 1):
+                log = tmp_path / f"node{node}-{attempt}.log"
+                cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                       "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                       "--rdzv-conf", f"is_host={'true' if node == 0 else 'false'}", "-m", "galmorph", *args]
+                with open(log, "w") as out:
+                    procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env(),
+                                                  cwd=tmp_path, start_new_session=True))
+                logs.append(log)
+            codes = [proc.wait(timeout=TIMEOUT) for proc in procs]
+        finally:
+            for proc in procs:
+                stop_group(proc)
+        results = [(code, log.read_text()) for code, log in zip(codes, logs)]
+        if not (codes[0] != 0 and "EADDRINUSE" in results[0][1]):
+            return results
+    pytest.fail(f"port taken {attempts} times in a row: {results[0][1][-2000:]}")
+
+
+def _runs(experiment: str):
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    return client, (client.search_runs([found.experiment_id]) if found else [])
+
+
+def test_two_nodes_log_one_run_with_both_nodes_timings(tmp_path, tracking_uri):
+    """One MLflow run (rank 0's) with each rank's host, node and epoch timings, and the metrics
+    of single-process training on the same global batch."""
+    h5 = make_h5(tmp_path / "sep.h5", n=64, size=44, n_classes=3)
+    nodes = _two_nodes(tmp_path, [*TRAIN, "--dataset", str(h5), "--devices", "2", "--experiment", "nodes"])
+    for node, (code, out) in enumerate(nodes):
+        assert code == 0, f"node {node}: {out[-4000:]}"
+    one = subprocess.run([sys.executable, "-m", "galmorph", *TRAIN, "--dataset", str(h5), "--experiment", "one"],
+                         capture_output=True, text=True, env=child_env(), cwd=tmp_path, timeout=TIMEOUT)
+    assert one.returncode == 0, one.stderr[-4000:]
+
+    client, runs = _runs("nodes")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # node 1 opened no run of its own
+    run = runs[0]
+    params = run.data.params
+    assert params["devices"] == "2" and params["replica_nodes"] == "2"
+    assert {params["rank0_node"], params["rank1_node"]} == {"0", "1"}
+    assert params["rank0_host"] == params["rank1_host"] == socket.gethostname()
+    for rank in (0, 1):
+        seconds = client.get_metric_history(run.info.run_id, f"rank{rank}_epoch_time_s")
+        rates = client.get_metric_history(run.info.run_id, f"rank{rank}_train_images_per_s")
+        assert [m.step for m in seconds] == [m.step for m in rates] == [0, 1]
+        for s, r in zip(seconds, rates):  # each rank trained its half of the 32 training images
+            assert s.value * r.value == pytest.approx(16)
+
+    (reference,) = _runs("one")[1]
+    assert int(run.data.params["n_train"]) % 8 == 0  # no padded last batch: the same batches
+    for key in ("train_loss", "val_loss"):
+        ours = [m.value for m in client.get_metric_history(run.info.run_id, key)]
+        theirs = [m.value for m in client.get_metric_history(reference.info.run_id, key)]
+        assert ours == pytest.approx(theirs, rel=1e-5), key
+    assert run.data.metrics["test_accuracy"] == reference.data.metrics["test_accuracy"]
+    assert run.data.metrics["test_log_loss"] == pytest.approx(reference.data.metrics["test_log_loss"], rel=1e-5)
+
+
+def test_devices_other_than_the_world_size_is_refused_before_any_run(tmp_path, tracking_uri):
+    """Two nodes of one process each are a world of 2: --devices 1 on each is one line per
+    node, exit 2 from galmorph, and no MLflow run (not two independent ones)."""
+    h5 = make_h5(tmp_path / "sep.h5", n=64, size=44, n_classes=3)
+    nodes = _two_nodes(tmp_path, [*TRAIN, "--dataset", str(h5), "--devices", "1", "--experiment", "nodes"])
+    for code, out in nodes:
+        assert code != 0
+        errors = [line for line in out.splitlines() if line.startswith("galmorph: error:")]
+        assert errors == ["galmorph: error: --devices 1 but torchrun started 2 processes (2 nodes x 1 per node); "
+                          "pass --devices 2: under torchrun, devices counts the processes of all nodes together"]
+        assert "exitcode  : 2" in out  # torchrun's report of the worker's exit status
+    assert _runs("nodes")[1] == []
