@@ -43,6 +43,8 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
     resumed = None
     if config.resume:
         config, resumed, _ = resume.resolve(config, resume.given_settings(config, given))
+        # a data-parallel run (one node or several) continues in one process, on the same global batch
+        config = config.replace(devices=1)
         _hand_over_launcher_run(resumed.run_id)  # before configure, which reads MLFLOW_RUN_ID
     launched = _data_parallel(config)
     if launched is not None:
