@@ -150,3 +150,19 @@ def test_devices_other_than_the_world_size_is_refused_before_any_run(tmp_path, m
                            "pass --devices 2: under torchrun, devices counts the processes of all nodes together")]
         assert "exitcode  : 2" in out  # torchrun's report of the worker's exit status
     assert not store.exists()
+
+
+def test_a_failed_replica_under_galmorphs_own_torchrun_is_its_error_line_not_torchruns_report(tmp_path, monkeypatch):
+    """`galmorph train --devices 2` starts torchrun itself: a worker's bad-input error is its one
+    `galmorph: error:` line, then the launcher's, with torchrun's log lines and failure report
+    (some 40 lines and a traceback) left out; exit 2."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    small = make_h5(tmp_path / "small.h5", n=24, size=32)  # too small for c2's crop
+    proc = subprocess.run([sys.executable, "-m", "galmorph", "train", "--backend", "torch", "--dataset", str(small),
+                           "--devices", "2", "--threads", "1", "--experiment", "small"], capture_output=True, text=True,
+                          env=child_env(), cwd=tmp_path, timeout=TIMEOUT, check=False)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith(("INFO mlflow", "INFO alembic"))]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    assert all(ln.startswith("galmorph: ") for ln in lines), proc.stderr[-4000:]
+    assert any("too small for c2" in ln for ln in lines[:-1]), lines
+    assert lines[-1] == "galmorph: error: data-parallel training failed: one of its 2 processes ended with exit status 2"

@@ -123,13 +123,38 @@ def launch(argv: list[str], devices: int) -> dict:
         raise GalmorphError(f"devices={devices} but only {torch.cuda.device_count()} GPUs are visible")
     with tempfile.TemporaryDirectory(prefix="galmorph-ddp-") as tmp:
         result = os.path.join(tmp, "metrics.json")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
+        cmd = [sys.executable, "-c", "import sys; from galmorph.backends.torch import distributed as d; "
+               "sys.exit(d.agent(sys.argv[1:]))", "--standalone", f"--nproc-per-node={devices}",
                "-m", "galmorph", *argv]
         proc = subprocess.run(cmd, env={**os.environ, RESULT_ENV: result})
-        if proc.returncode != 0:
-            raise GalmorphError(f"data-parallel training failed (torchrun exit status {proc.returncode})")
+        if proc.returncode != 0:  # the process that failed first has said why
+            raise GalmorphError(f"data-parallel training failed: one of its {devices} processes ended with "
+                                f"exit status {proc.returncode}")
         with open(result) as fh:
             return json.load(fh)
+
+
+def agent(argv: list[str]) -> int:
+    """torchrun (`argv`: its arguments) for `launch`, without its own log lines and report of a
+    failed worker: each worker prints its own error (`galmorph: error: ...`, or its traceback).
+    Returns the exit status of the worker that failed first (128 + N for signal N), 0 if none did."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("torch.distributed") and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as exc:
+        code = exc.get_first_failure()[1].exitcode
+        return code if code > 0 else 128 - code
+    except SignalException as exc:  # Ctrl-C or SIGTERM: the workers got it too and have stopped
+        return 128 + int(exc.sigval)
+    return 0
 
 
 def write_result(metrics: dict) -> None:
