@@ -1,8 +1,7 @@
 """Data-parallel PyTorch: DistributedDataParallel, one process per device, under torchrun.
 
-`galmorph train --backend torch --devices N` re-executes itself as
-`python -m torch.distributed.run --standalone --nproc-per-node N -m galmorph train ...`
-(`launch`). Over several machines torchrun is started by the user on every node
+`galmorph train --backend torch --devices N` re-executes itself under torchrun's agent, as
+`torchrun --standalone --nproc-per-node N -m galmorph train ...` would (`launch`, `agent`). Over several machines torchrun is started by the user on every node
 (`torchrun --nnodes M --nproc-per-node K --rdzv-backend c10d --rdzv-endpoint HOST:PORT
 -m galmorph train --devices M*K ...`): `devices` is then the world size, every node's
 processes together (`check_world`). Each process joins the group in `init` (NCCL with GPUs,
