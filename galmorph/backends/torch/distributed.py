@@ -1,10 +1,11 @@
 """Data-parallel PyTorch: DistributedDataParallel, one process per device, under torchrun.
 
 `galmorph train --backend torch --devices N` re-executes itself under torchrun's agent, as
-`torchrun --standalone --nproc-per-node N -m galmorph train ...` would (`launch`, `agent`). Over several machines torchrun is started by the user on every node
-(`torchrun --nnodes M --nproc-per-node K --rdzv-backend c10d --rdzv-endpoint HOST:PORT
--m galmorph train --devices M*K ...`): `devices` is then the world size, every node's
-processes together (`check_world`). Each process joins the group in `init` (NCCL with GPUs,
+`torchrun --standalone --nproc-per-node N -m galmorph train ...` would (`launch`, `agent`).
+Over several machines the user starts torchrun on every node (`torchrun --nnodes M
+--nproc-per-node K --rdzv-backend c10d --rdzv-endpoint HOST:PORT -m galmorph train
+--devices M*K ...`): `devices` is then the world size, every node's processes together
+(`check_world`). Each process joins the group in `init` (NCCL with GPUs,
 gloo on CPUs) and trains its shard of every epoch (galmorph.data.pipeline.Shard). Rank 0
 alone evaluates, logs to MLflow (with every rank's host and epoch timings) and decides early
 stopping; the decision is broadcast so all ranks stop together.
