@@ -88,7 +88,7 @@ class TrainConfig:
     loader_workers: int = option(0, "threads that make augmented batches ahead of the training step (0 = auto: 1 on the CPU, 4 with a GPU)")
     prefetch: int = option(4, "batches made ahead of the training step (0 = make each batch when the step needs it)")
     pin_memory: str = option("auto", "page-locked batches copied to the GPU on a side stream, overlapping compute (PyTorch); auto = with a GPU", acceleration.SWITCH)
-    devices: int = option(1, "devices to train on, data-parallel (PyTorch: DistributedDataParallel, one torchrun process per device; Keras: tf.distribute.MirroredStrategy); batch_size is the global batch. On a machine without GPUs, N CPU replicas (for testing)")
+    devices: int = option(1, "devices to train on, data-parallel (PyTorch: DistributedDataParallel, one torchrun process per device; Keras: tf.distribute.MirroredStrategy); batch_size is the global batch. On a machine without GPUs, N CPU replicas (for testing). Under torchrun over several nodes: the world size, all nodes' processes together")
     init_from: str = option("", "start from the weights of a logged galmorph model: a run id, runs:/<id>/model, models:/NAME/VERSION or models:/NAME@ALIAS (same backend and network; a different class count needs --freeze conv, which re-initialises the output layer)")
     freeze: str = option("none", "with init_from: none (fine-tune every layer) or conv (train only the dense head; convolutions and batch normalisation keep the source's weights)", FREEZE)
     register_as: str = option("", "register the logged model as a new version of this MLflow registered model, with the run's test metrics as version tags (needs log_model; empty: do not register)")

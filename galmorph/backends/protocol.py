@@ -27,7 +27,8 @@ class Backend(Protocol):
     NAME: str
 
     def setup(self, seed: int, threads: int = 0, devices: int = 1) -> dict:
-        """Seed, threads and (data-parallel) process group; returns device, device_name, framework."""
+        """Seed, threads and (data-parallel) process group; returns device, device_name, framework
+        and, where several processes train together, replicas (each rank's rank, node, local_rank, host)."""
 
     def build(self, spec: NetworkSpec, hyper: Hyper | None = None) -> Any:
         """The framework model of `spec` (float32 NHWC in, probabilities or logits out)."""

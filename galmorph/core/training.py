@@ -217,7 +217,10 @@ class EpochReporter:
         return time.perf_counter() - self._t0
 
     def end_epoch(self, epoch: int, train_loss: float, train_accuracy: float, val_proba: np.ndarray,
-                  n_train_images: int, epoch_time_s: float | None = None) -> Decision:
+                  n_train_images: int, epoch_time_s: float | None = None,
+                  replicas: list[tuple[float, int]] | None = None) -> Decision:
+        """`replicas`: in data-parallel training, each rank's (seconds, images) of this epoch,
+        logged as rank{r}_epoch_time_s and rank{r}_train_images_per_s (not kept in the history)."""
         if epoch_time_s is None:
             if self._t0 is None:
                 raise RuntimeError("call start_epoch() before end_epoch() or pass epoch_time_s")
@@ -228,7 +231,11 @@ class EpochReporter:
                           float(epoch_time_s), n_train_images / max(epoch_time_s, 1e-9), self._lr)
         self.history.append(rec)
         if self.log is not None:
-            self.log({k: v for k, v in rec.__dict__.items() if k != "epoch" and v is not None}, epoch)
+            logged = {k: v for k, v in rec.__dict__.items() if k != "epoch" and v is not None}
+            for r, (seconds, images) in enumerate(replicas or ()):
+                logged.update({f"rank{r}_epoch_time_s": seconds,
+                               f"rank{r}_train_images_per_s": images / max(seconds, 1e-9)})
+            self.log(logged, epoch)
         if not math.isfinite(rec.train_loss):
             raise GalmorphError(
                 f"training diverged (loss {rec.train_loss}) in epoch {epoch}; lower the learning rate"

@@ -6,6 +6,7 @@ Everything here is backend-neutral: the backend only builds, fits and predicts.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -42,6 +43,8 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
     resumed = None
     if config.resume:
         config, resumed, _ = resume.resolve(config, resume.given_settings(config, given))
+        # a data-parallel run (one node or several) continues in one process, on the same global batch
+        config = config.replace(devices=1)
         _hand_over_launcher_run(resumed.run_id)  # before configure, which reads MLFLOW_RUN_ID
     launched = _data_parallel(config)
     if launched is not None:
@@ -91,8 +94,6 @@ def _clear_failure(mlflow, run_id: str) -> dict:
 def _hand_over_launcher_run(run_id: str) -> None:
     """Under `mlflow run -P resume=RUN_ID`, MLflow started a new run for this process: tag it
     with the run it resumed and continue that one instead (MLflow ends its own run itself)."""
-    import os
-
     launcher = os.environ.get("MLFLOW_RUN_ID")
     if launcher and launcher != run_id:
         import mlflow
@@ -129,7 +130,7 @@ def _run(config, active, prepared, trial, mlflow, after_fit=None, progress_prefi
     backend = backends.get(config.backend)
     info = backend.setup(config.seed, config.threads, config.devices)
     tracking.log_params({"device": info["device"], "device_name": info["device_name"], "framework": info["framework"],
-                         "cpu_threads": config.threads or system.cpu_count()})
+                         "cpu_threads": config.threads or system.cpu_count(), **_replica_params(info)})
     hyper = hyper_from(config, data.labels[split.train], len(data.class_names))
     tracking.log_params(backend.resolved(hyper))
     model = backend.build(spec, hyper)
@@ -273,14 +274,27 @@ def _decision_rule(y_train, y_val, y_test, val_calibrated, test_calibrated, clas
     return rule
 
 
+def _replica_params(info: dict) -> dict:
+    """Where each process of a data-parallel run trained (rank{r}_host, rank{r}_node) and on how
+    many nodes (replica_nodes); the ranks' epoch timings are metrics (training.EpochReporter)."""
+    replicas = info.get("replicas") or []
+    if not replicas:
+        return {}
+    return {"replica_nodes": len({r["node"] for r in replicas}),
+            **{f"rank{r['rank']}_{k}": r[k] for r in replicas for k in ("host", "node")}}
+
+
 def _data_parallel(config: TrainConfig) -> dict | None:
     """Multi-process data-parallel runs (PyTorch under torchrun; Keras needs none).
 
     In the launching process: start the replicas and return rank 0's metrics. In a replica
     other than rank 0: train in step with rank 0 without any tracking, return {}. Rank 0
-    (and every single-process run) gets None and runs the tracked path.
+    (and every single-process run) gets None and runs the tracked path. A process that a
+    launcher started as one of several (WORLD_SIZE, e.g. the user's torchrun over several
+    nodes) goes to the backend even with devices=1, which refuses a devices/world mismatch
+    before any MLflow call: no rank opens a second run.
     """
-    if config.devices <= 1:
+    if config.devices <= 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
 
     config.validate()

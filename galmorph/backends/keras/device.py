@@ -6,6 +6,8 @@ Keras trains every device from one process, so replica/launch/finish are trivial
 
 from __future__ import annotations
 
+import os
+
 import keras
 
 from galmorph.core import acceleration, system, training
@@ -109,7 +111,13 @@ def replica() -> tuple[int, int]:
 
 
 def launch(argv: list[str], devices: int) -> dict | None:
-    """Keras needs no launcher (MirroredStrategy runs in this process): always None."""
+    """Keras needs no launcher (MirroredStrategy runs in this process): always None. A process
+    that a launcher (torchrun) started as one of several is refused: Keras does not train
+    across processes or machines (MultiWorkerMirroredStrategy is not wired)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise GalmorphError(f"Keras trains on the devices of one machine, from one process; this is one of "
+                            f"{os.environ['WORLD_SIZE']} processes of a launcher: start galmorph without torchrun, "
+                            "or use --backend torch to train over several processes or nodes")
     return None
 
 

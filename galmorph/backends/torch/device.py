@@ -38,6 +38,7 @@ def setup(seed: int, threads: int = 0, devices: int = 1) -> dict:
         torch.cuda.reset_peak_memory_stats(dev)
     else:
         info["device_name"] = system.cpu_name()
+    info["replicas"] = distributed.replicas()
     return info
 
 
@@ -58,8 +59,12 @@ def replica() -> tuple[int, int]:
 
 def launch(argv: list[str], devices: int) -> dict | None:
     """Start `devices` torchrun processes running `galmorph <argv>` and return rank 0's metrics;
-    None when this process is itself one of them (or devices == 1)."""
-    if devices <= 1 or distributed.under_launcher():
+    None when this process is itself one of them (started by galmorph or by the user's torchrun
+    on several nodes: `devices` must then be their number) or devices == 1."""
+    if distributed.under_launcher():
+        distributed.check_world(devices)
+        return None
+    if devices <= 1:
         return None
     return distributed.launch(argv, devices)
 

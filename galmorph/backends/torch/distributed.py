@@ -1,16 +1,21 @@
 """Data-parallel PyTorch: DistributedDataParallel, one process per device, under torchrun.
 
-`galmorph train --backend torch --devices N` re-executes itself as
-`python -m torch.distributed.run --standalone --nproc-per-node N -m galmorph train ...`
-(`launch`); each process then joins the group in `init` (NCCL with GPUs, gloo on CPUs) and
-trains its shard of every epoch (galmorph.data.pipeline.Shard). Rank 0 alone evaluates, logs to
-MLflow and decides early stopping; the decision is broadcast so all ranks stop together.
+`galmorph train --backend torch --devices N` re-executes itself under torchrun's agent, as
+`torchrun --standalone --nproc-per-node N -m galmorph train ...` would (`launch`, `agent`).
+Over several machines the user starts torchrun on every node (`torchrun --nnodes M
+--nproc-per-node K --rdzv-backend c10d --rdzv-endpoint HOST:PORT -m galmorph train
+--devices M*K ...`): `devices` is then the world size, every node's processes together
+(`check_world`). Each process joins the group in `init` (NCCL with GPUs,
+gloo on CPUs) and trains its shard of every epoch (galmorph.data.pipeline.Shard). Rank 0
+alone evaluates, logs to MLflow (with every rank's host and epoch timings) and decides early
+stopping; the decision is broadcast so all ranks stop together.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +26,7 @@ import torch.distributed as dist
 from galmorph.core.errors import GalmorphError
 
 RESULT_ENV = "GALMORPH_RESULT_FILE"
+_REPLICAS: list[dict] = []  # where every rank runs, gathered once as the group is joined
 
 
 def under_launcher() -> bool:
@@ -56,8 +62,7 @@ def init(devices: int) -> None:
     """Join the process group when running under torchrun with devices > 1."""
     if devices <= 1 or not under_launcher() or (dist.is_available() and dist.is_initialized()):
         return
-    if int(os.environ["WORLD_SIZE"]) != devices:
-        raise GalmorphError(f"devices={devices} but torchrun started {os.environ['WORLD_SIZE']} processes")
+    check_world(devices)
     if torch.cuda.is_available():
         if torch.cuda.device_count() < local_world_size():
             raise GalmorphError(f"{local_world_size()} processes per node but only {torch.cuda.device_count()} GPUs")
@@ -65,6 +70,37 @@ def init(devices: int) -> None:
         dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank()))
     else:
         dist.init_process_group("gloo")
+    here = {"rank": rank(), "node": int(os.environ.get("GROUP_RANK", 0)), "local_rank": local_rank(),
+            "host": socket.gethostname()}
+    _REPLICAS[:] = [None] * world_size()
+    dist.all_gather_object(_REPLICAS, here)
+
+
+def check_world(devices: int) -> None:
+    """Under torchrun, `devices` must be the world size: the processes of every node together."""
+    world = int(os.environ["WORLD_SIZE"])
+    if world != devices:
+        nodes = os.environ.get("GROUP_WORLD_SIZE", "?")
+        raise GalmorphError(f"--devices {devices} but torchrun started {world} processes ({nodes} nodes x "
+                            f"{local_world_size()} per node); pass --devices {world}: under torchrun, devices "
+                            "counts the processes of all nodes together")
+
+
+def replicas() -> list[dict]:
+    """Every rank's {rank, node, local_rank, host} in a data-parallel run; [] otherwise."""
+    return list(_REPLICAS) if active() else []
+
+
+def epoch_totals(sums: torch.Tensor, seen: int, seconds: float) -> tuple[torch.Tensor, int, list[tuple[float, int]]]:
+    """One collective at the end of an epoch: this rank's (loss sum, correct) `sums`, its `seen`
+    images and its `seconds` of training from every rank. Returns the summed (loss sum,
+    correct), the images of all ranks, and each rank's (seconds, images) in rank order."""
+    row = torch.cat([sums, torch.tensor([float(seen), seconds], device=sums.device, dtype=sums.dtype)])
+    rows = [torch.empty_like(row) for _ in range(dist.get_world_size())]
+    dist.all_gather(rows, row)
+    table = torch.stack(rows)
+    per_rank = [(float(s), int(n)) for n, s in table[:, 2:].tolist()]
+    return table[:, :2].sum(dim=0), int(table[:, 2].sum().item()), per_rank
 
 
 def broadcast_flags(*flags: bool) -> tuple[bool, ...]:
@@ -87,13 +123,38 @@ def launch(argv: list[str], devices: int) -> dict:
         raise GalmorphError(f"devices={devices} but only {torch.cuda.device_count()} GPUs are visible")
     with tempfile.TemporaryDirectory(prefix="galmorph-ddp-") as tmp:
         result = os.path.join(tmp, "metrics.json")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
+        cmd = [sys.executable, "-c", "import sys; from galmorph.backends.torch import distributed as d; "
+               "sys.exit(d.agent(sys.argv[1:]))", "--standalone", f"--nproc-per-node={devices}",
                "-m", "galmorph", *argv]
         proc = subprocess.run(cmd, env={**os.environ, RESULT_ENV: result})
-        if proc.returncode != 0:
-            raise GalmorphError(f"data-parallel training failed (torchrun exit status {proc.returncode})")
+        if proc.returncode != 0:  # the process that failed first has said why
+            raise GalmorphError(f"data-parallel training failed: one of its {devices} processes ended with "
+                                f"exit status {proc.returncode}")
         with open(result) as fh:
             return json.load(fh)
+
+
+def agent(argv: list[str]) -> int:
+    """torchrun (`argv`: its arguments) for `launch`, without its own log lines and report of a
+    failed worker: each worker prints its own error (`galmorph: error: ...`, or its traceback).
+    Returns the exit status of the worker that failed first (128 + N for signal N), 0 if none did."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("torch.distributed") and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as exc:
+        code = exc.get_first_failure()[1].exitcode
+        return code if code > 0 else 128 - code
+    except SignalException as exc:  # Ctrl-C or SIGTERM: the workers got it too and have stopped
+        return 128 + int(exc.sigval)
+    return 0
 
 
 def write_result(metrics: dict) -> None:

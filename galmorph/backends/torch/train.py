@@ -162,10 +162,9 @@ def fit(model: nn.Module, stream, val_batches, hyper: training.Hyper, reporter: 
             sums += torch.stack([loss.double() * yb.shape[0], correct.double()])
             seen += yb.shape[0]
             reporter.batch_done(yb.shape[0] * world)  # every replica's share of the global batch
-        if world > 1:
-            totals = torch.cat([sums, torch.tensor([float(seen)], device=dev, dtype=torch.float64)])
-            torch.distributed.all_reduce(totals)
-            sums, seen = totals[:2], int(totals[2].item())
+        replicas = None
+        if world > 1:  # and each rank's own seconds and images: every node's timings reach MLflow
+            sums, seen, replicas = distributed.epoch_totals(sums, seen, reporter.elapsed())
         loss_sum, correct = sums.tolist()  # waits for the GPU
         train_time = reporter.elapsed()
         recalibrate_bn(model, training.recalibration_batches(stream, epoch))
@@ -173,7 +172,7 @@ def fit(model: nn.Module, stream, val_batches, hyper: training.Hyper, reporter: 
         if rank == 0:
             proba = predict_proba(model, val_batches())
             decision = reporter.end_epoch(epoch, loss_sum / seen, correct / seen, proba, int(seen),
-                                          epoch_time_s=train_time)
+                                          epoch_time_s=train_time, replicas=replicas)
             improved, stop = decision.improved, decision.stop
         improved, stop = distributed.broadcast_flags(improved, stop)
         if improved:
