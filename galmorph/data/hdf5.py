@@ -188,9 +188,9 @@ def _class_names(fh, path) -> tuple[str, ...] | None:
 
 
 def write(path: Path, images: np.ndarray, labels: np.ndarray, class_names=None, *, checksum: bool = False,
-          compression: str | None = None, **extra) -> Path:
+          compression: str | None = None, chunk_rows: int = CHUNK_ROWS, **extra) -> Path:
     """Write a Galaxy10-format file atomically (temporary name in the same folder, then rename),
-    `images` in HDF5 chunks of CHUNK_ROWS images (`compression`: None, "gzip" or "lzf").
+    `images` in HDF5 chunks of `chunk_rows` images (`compression`: None, "gzip" or "lzf").
 
     checksum: also record the file's SHA256 in its sidecar (galmorph.data.integrity), for
     files galmorph owns and verifies on load.
@@ -201,7 +201,7 @@ def write(path: Path, images: np.ndarray, labels: np.ndarray, class_names=None, 
     digest = None
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as fh:
-            fh.create_dataset("images", data=images, chunks=image_chunks(images.shape), compression=compression)
+            fh.create_dataset("images", data=images, chunks=image_chunks(images.shape, chunk_rows), compression=compression)
             fh.create_dataset("ans", data=labels)
             if class_names is not None:
                 fh.attrs["class_names"] = list(class_names)
@@ -214,9 +214,9 @@ def write(path: Path, images: np.ndarray, labels: np.ndarray, class_names=None, 
     return path
 
 
-def image_chunks(shape) -> tuple[int, ...]:
-    """The HDF5 chunk shape of `images` (N, H, W, 3): CHUNK_ROWS whole images (fewer in a smaller file)."""
-    return (max(1, min(int(shape[0]), CHUNK_ROWS)),) + tuple(int(d) for d in shape[1:])
+def image_chunks(shape, rows: int = CHUNK_ROWS) -> tuple[int, ...]:
+    """The HDF5 chunk shape of `images` (N, H, W, 3): `rows` whole images (fewer in a smaller file)."""
+    return (max(1, min(int(shape[0]), rows)),) + tuple(int(d) for d in shape[1:])
 
 
 def _check_labels(labels: np.ndarray, path) -> np.ndarray:

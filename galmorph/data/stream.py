@@ -53,15 +53,19 @@ class Rows:
         import h5py
 
         self.path = Path(path)
-        self._fh = h5py.File(self.path, "r")
+        with h5py.File(self.path, "r") as fh:
+            chunks = fh["images"].chunks
+        # blocks that are whole chunks are cached here, decoded: HDF5's own chunk cache would
+        # only hold a second copy (1 MB by default, the rest of its unaligned chunks)
+        aligned = bool(chunks) and 1 < chunks[0] <= WHOLE_SET_ROWS
+        self._fh = h5py.File(self.path, "r", **({"rdcc_nbytes": 0} if aligned else {}))
         self._ds = self._fh["images"]
         n, native = self._ds.shape[0], self._ds.shape[1]
         self.n, self.native = int(n), int(native)
         self.size = int(image_size or native)
         resize.check_size(native, self.size, self.path)
-        chunks = self._ds.chunks
         self.problem = chunking_problem(self.path, self._ds.shape, chunks)
-        self.block = int(chunks[0]) if chunks and 1 < chunks[0] <= WHOLE_SET_ROWS else BLOCK_ROWS
+        self.block = int(chunks[0]) if aligned else BLOCK_ROWS
         self.block = min(self.block, self.n)
         block_bytes = self.block * self.size * self.size * self._ds.shape[3]
         self.window = max(1, (WINDOW_BYTES if window_bytes is None else window_bytes) // block_bytes)
@@ -102,7 +106,7 @@ class Rows:
             raw = np.asarray(self._ds[start:stop])
         except (OSError, ValueError, TypeError, RuntimeError) as exc:
             raise GalmorphError(
-                f"{self.path}: rows {start}-{stop - 1} of `images` cannot be read ({hdf5._first_line(exc)}): "
+                f"{self.path}: rows {start}-{stop - 1} of `images` cannot be read ({hdf5.first_line(exc)}): "
                 f"the file is damaged there; {hdf5.remedy(self.path)}, then continue a training run with "
                 "`galmorph train --resume RUN_ID`") from None
         images = resize.downsample(raw, self.size)
