@@ -137,7 +137,7 @@ class Images:
     def __len__(self) -> int:
         return int(self.rows.size)
 
-    def take(self, index, axis: int = 0) -> "Images":
+    def take(self, index, axis: int = 0) -> Images:
         """The positions `index` (integers or a boolean mask), nothing read."""
         if axis != 0:
             raise ValueError("Images.take selects images (axis 0) only")

@@ -19,8 +19,8 @@ FINAL = ("test_accuracy", "test_log_loss", "test_macro_f1", "best_val_loss", "be
 
 
 def _config(h5, backend: str, **kw) -> TrainConfig:
-    settings = dict(model="c2", width=0.25, dense_units=16, epochs=1, batch_size=16, threads=1, seed=3, quiet=True,
-                    log_model=False, experiment="stream", checkpoints=False)
+    settings = {"model": "c2", "width": 0.25, "dense_units": 16, "epochs": 1, "batch_size": 16, "threads": 1,
+                "seed": 3, "quiet": True, "log_model": False, "experiment": "stream", "checkpoints": False}
     return TrainConfig(dataset=str(h5), backend=backend, **{**settings, **kw})
 
 
