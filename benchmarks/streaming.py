@@ -16,7 +16,7 @@ its process may use, and as fast as in memory. Figures printed as ratios measure
    (target < 4 GB, and under the cap) and the cgroup's peak usage (page cache included), then
    deletes both files.
 
-Usage: python benchmarks/streaming.py [--cap-gb 1.5] [--file-ratio 1.6] [--steps 30] [--json out.json]
+Usage: python benchmarks/streaming.py [--cap-gb 2] [--file-ratio 1.6] [--steps 30] [--json out.json]
        python benchmarks/streaming.py --tiny        (small sizes and no cap: a format check)
 Needs root for the cgroup; `--cap-gb 0` runs without one.
 """
@@ -172,7 +172,7 @@ def run_child(group: Cgroup, args, file: Path, stream: str = "auto") -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cap-gb", type=float, default=1.5, help="memory cap of the training processes (0: none)")
+    p.add_argument("--cap-gb", type=float, default=2.0, help="memory cap of the training processes (0: none)")
     p.add_argument("--file-ratio", type=float, default=1.6, help="decoded size of the big file / the cap")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--pool", type=int, default=1024, help="distinct synthetic galaxies rendered")

@@ -9,8 +9,9 @@ file rows of its positions over one shared `Rows`; indexing it reads pixels, `ta
 positions without reading any.
 
 The order of a streamed epoch (augment.windowed_plan) shuffles the blocks, then the images
-within each window of `window` consecutive blocks of that order; the cache holds two windows,
-so each block is read once per pass. A window that covers the whole file gives exactly the
+within each window of `window` consecutive blocks of that order (WINDOW_BYTES of images, at
+least MIN_WINDOW_BLOCKS blocks); the cache holds a window and two blocks, so each block is read
+once per pass. A window that covers the whole file gives exactly the
 in-memory plan.
 
 `decide` resolves `--stream auto`: stream when the decoded images would take more than
@@ -32,7 +33,8 @@ from galmorph.data import hdf5, resize
 
 CHOICES = ("auto", "true", "false")
 AUTO_FRACTION = 0.25  # --stream auto streams files whose decoded images exceed this share of available memory
-WINDOW_BYTES = 256 << 20  # decoded images shuffled together within an epoch (two windows are cached)
+WINDOW_BYTES = 128 << 20  # decoded images shuffled together within an epoch: the cache holds a window
+MIN_WINDOW_BLOCKS = 8  # ... of at least this many blocks, so that large images still mix across the file
 BLOCK_ROWS = hdf5.CHUNK_ROWS  # rows read at once where the file's chunks are no good unit (contiguous, 1 row, whole set)
 WHOLE_SET_ROWS = 1024  # a single chunk of more rows than this is "the whole set in one chunk"
 
@@ -49,7 +51,7 @@ class Rows:
     file and the rows.
     """
 
-    def __init__(self, path: Path, image_size: int = 0, window_bytes: int | None = None):
+    def __init__(self, path: Path, image_size: int = 0):
         import h5py
 
         self.path = Path(path)
@@ -68,8 +70,10 @@ class Rows:
         self.block = int(chunks[0]) if aligned else BLOCK_ROWS
         self.block = min(self.block, self.n)
         block_bytes = self.block * self.size * self.size * self._ds.shape[3]
-        self.window = max(1, (WINDOW_BYTES if window_bytes is None else window_bytes) // block_bytes)
-        self.capacity = 2 * self.window
+        self.window = max(MIN_WINDOW_BLOCKS, WINDOW_BYTES // block_bytes)
+        # a window and the first blocks of the next (batches made ahead cross into it); a block
+        # evicted while a batch made late still needs it is read again, never wrong
+        self.capacity = self.window + 2
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 

@@ -84,7 +84,7 @@ def test_streamed_and_in_memory_training_give_identical_metrics(backend, chunked
 @pytest.mark.torch
 def test_a_damaged_chunk_in_mid_epoch_fails_the_run_which_resumes_once_the_file_is_fixed(
         chunked_h5, tracking_uri, tmp_path, monkeypatch):
-    """Windows of one block (two cached), so epoch 2 reads every block again: block 0 is
+    """Windows of one block (three cached), so epoch 2 reads every block again: block 0 is
     damaged once epoch 1's checkpoint is in place, and met in epoch 2."""
     import h5py
     import mlflow
@@ -93,6 +93,7 @@ def test_a_damaged_chunk_in_mid_epoch_fails_the_run_which_resumes_once_the_file_
 
     monkeypatch.setenv("GALMORPH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(stream, "WINDOW_BYTES", 1)
+    monkeypatch.setattr(stream, "MIN_WINDOW_BLOCKS", 1)
     whole = train.run(_config(chunked_h5, "torch", stream="true", epochs=2, run_name="whole"))
     with h5py.File(chunked_h5, "r") as fh:
         info = fh["images"].id.get_chunk_info(0)
