@@ -4,7 +4,7 @@
 along the image axis where that chunking is sound), area-averages each block to the loaded
 side as `hdf5.read` does (galmorph.data.resize), checks it as `hdf5.read` checks a whole file,
 and keeps the blocks last used in a small cache: memory is bounded by the cache, whatever the
-file's size. `Images` is the array-like that a `Dataset` holds instead of a uint8 array: the
+file's size (the file's pages are dropped from the page cache as they are read). `Images` is the array-like that a `Dataset` holds instead of a uint8 array: the
 file rows of its positions over one shared `Rows`; indexing it reads pixels, `take` selects
 positions without reading any.
 
@@ -21,6 +21,7 @@ its cgroup still allows).
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections import OrderedDict
@@ -61,6 +62,7 @@ class Rows:
         # only hold a second copy (1 MB by default, the rest of its unaligned chunks)
         aligned = bool(chunks) and 1 < chunks[0] <= WHOLE_SET_ROWS
         self._fh = h5py.File(self.path, "r", **({"rdcc_nbytes": 0} if aligned else {}))
+        self._fd = os.open(self.path, os.O_RDONLY)  # to drop the file's pages from the page cache
         self._ds = self._fh["images"]
         n, native = self._ds.shape[0], self._ds.shape[1]
         self.n, self.native = int(n), int(native)
@@ -113,6 +115,9 @@ class Rows:
                 f"{self.path}: rows {start}-{stop - 1} of `images` cannot be read ({hdf5.first_line(exc)}): "
                 f"the file is damaged there; {hdf5.remedy(self.path)}, then continue a training run with "
                 "`galmorph train --resume RUN_ID`") from None
+        # A streamed file is read once per pass and does not fit in memory: its pages in the
+        # page cache would only push out other memory (and count against a cgroup's limit).
+        os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
         images = resize.downsample(raw, self.size)
         hdf5.check_images(images, self.path, first=start)
         return images
@@ -121,6 +126,7 @@ class Rows:
         with self._lock:
             self._cache.clear()
             self._fh.close()
+            os.close(self._fd)
 
 
 class Images:
