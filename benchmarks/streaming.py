@@ -12,7 +12,7 @@ its process may use, and as fast as in memory. Figures printed as ratios measure
    steps): the big file streamed, the subset in memory, alternated `--rounds` times. The big file's pages are dropped from
    the page cache first (posix_fadvise), so it is read from disk.
    (With --tiny the big file is streamed by `--stream true`: it fits.)
-3. Prints images/s of each, their ratio (target >= 0.9), the streamed process's peak RSS
+3. Prints images/s of each, the median over rounds of their ratio (target >= 0.9), the streamed process's peak RSS
    (target < 4 GB, and under the cap) and the cgroup's peak usage (page cache included), then
    deletes both files.
 
@@ -224,7 +224,10 @@ def main(argv=None) -> int:
     result = {"benchmark": "streaming", "tiny": args.tiny, "cap_mb": cap / 2**20 if cap else None,
               "file_mb": big_bytes(rows, per_image), "rows": rows, "subset_rows": subset, "size": args.size,
               "build_s": build_s, "load_before": load, "load_after": os.getloadavg(), "cpus": os.cpu_count(),
-              "in_memory": memory, "streamed": streamed, "ratio": streamed["img_s"] / memory["img_s"],
+              "in_memory": memory, "streamed": streamed,
+              # each round's two runs are side by side in time: the median of their ratios
+              "round_ratios": [s["img_s"] / m["img_s"] for m, s in rounds],
+              "ratio": float(np.median([s["img_s"] / m["img_s"] for m, s in rounds])),
               "settings": {k: getattr(args, k) for k in ("steps", "warmup", "batch_size", "width", "threads", "pool", "rounds")}}
     print(report(result))
     if args.json:
@@ -262,7 +265,9 @@ def report(r: dict) -> str:
         lines.append(f"| {name} | {x['n_images']} | {str(x['streamed']).lower()} | {x['reason']} | {x['prep_s']:.1f} | "
                      f"{x['img_s']:.1f} (mean of {rates}) | {x['peak_rss_mb']:.0f} | {peak} |")
     lines += ["", "| ratio | value | target met |", "|---|---|---|",
-              f"| streamed / in-memory img/s >= 0.9 | {r['ratio']:.3f} | {'yes' if r['ratio'] >= 0.9 else 'no'} |",
+              f"| streamed / in-memory img/s >= 0.9 (median over rounds of "
+              f"{', '.join(f'{x:.3f}' for x in r['round_ratios'])}) | {r['ratio']:.3f} | "
+              f"{'yes' if r['ratio'] >= 0.9 else 'no'} |",
               f"| file / cap >= 1.5 | {r['file_mb'] / r['cap_mb']:.2f} | "
               f"{'yes' if r['file_mb'] >= 1.5 * r['cap_mb'] else 'no'} |" if r["cap_mb"] else
               "| file / cap >= 1.5 | n/a (no cap) | n/a |",

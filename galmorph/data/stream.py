@@ -113,8 +113,8 @@ class Rows:
         except (OSError, ValueError, TypeError, RuntimeError) as exc:
             raise GalmorphError(
                 f"{self.path}: rows {start}-{stop - 1} of `images` cannot be read ({hdf5.first_line(exc)}): "
-                f"the file is damaged there; {hdf5.remedy(self.path)}, then continue a training run with "
-                "`galmorph train --resume RUN_ID`") from None
+                f"the file is damaged there; {hdf5.remedy(self.path)}; once it is fixed, `galmorph train --resume "
+                "RUN_ID` continues a run that failed here after its first epoch") from None
         # A streamed file is read once per pass and does not fit in memory: its pages in the
         # page cache would only push out other memory (and count against a cgroup's limit).
         os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
