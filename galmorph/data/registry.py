@@ -352,7 +352,7 @@ def describe(dataset: str | None, scheme: str = "default", *, schemes_file: str 
     if dataset is None:
         return "\n".join(f"{name:15s} {DATASETS[name].description}\n{'':15s} classes: "
                          f"{', '.join(DATASETS[name].class_names)}; {DATASETS[name].how_to_get}" for name in names())
-    data = load(dataset, scheme, schemes_file=schemes_file)
+    data = load(dataset, scheme, schemes_file=schemes_file, stream_images="auto")
     counts = np.bincount(data.labels, minlength=len(data.class_names))
     lines = [f"{data.name}: {len(data)} images {data.images.shape[1:]} uint8, scheme {data.scheme}, digest {data.digest()}",
              f"bands: {data.bands.survey}, channels {', '.join(data.bands.rgb)}; --band {', '.join(data.bands.choices)}"]

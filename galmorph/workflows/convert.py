@@ -212,7 +212,8 @@ def _write(out: Path, plan: _Plan, config: ConvertConfig) -> str:
     if done == 0:
         part.unlink(missing_ok=True)
         with h5py.File(part, "w") as fh:
-            fh.create_dataset("images", (plan.n, plan.size, plan.size, 3), np.uint8, chunks=(chunk, plan.size, plan.size, 3),
+            shape = (plan.n, plan.size, plan.size, 3)
+            fh.create_dataset("images", shape, np.uint8, chunks=hdf5.image_chunks(shape, chunk),
                               compression=None if config.compression == "none" else config.compression)
             fh.create_dataset("ans", data=plan.labels)
             for name, values in plan.columns.items():
