@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     from galmorph.config import TrainConfig
     from galmorph.data import registry
     from galmorph.data.nair2010 import PrepareConfig
+    from galmorph.workflows.convert import ConvertConfig, run as convert
     from galmorph.workflows.explain import ExplainConfig
     from galmorph.workflows.hierarchy import HierarchyConfig
     from galmorph.workflows.multiseed import MultiseedConfig
@@ -285,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
                  "(resumable; cached cutouts are never fetched again) and log the manifest to MLflow.")
     p.add_argument("name", choices=["nair2010"], help="dataset to prepare")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = _command(dsub, "convert", ConvertConfig, lambda a: convert(config_from(a, ConvertConfig)),
+                 "write a folder of images + labels CSV, or an .h5, as a chunked, compressed Galaxy10-format file",
+                 "Resumable; unmatched labels and images go to <stem>.errors.csv. See docs/scale.md.", skip=("source",))
+    p.add_argument("source", metavar="SRC", help=_help_of(ConvertConfig, "source"))
 
     _command(sub, "multiseed", MultiseedConfig, cmd_multiseed,
              "repeat a training configuration over N seeds (nested runs, mean and std)",

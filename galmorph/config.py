@@ -34,7 +34,7 @@ from galmorph.core.settings import (  # noqa: F401  (declared there, for every l
     parse_bool,
     settings_of,
 )
-from galmorph.data import augment, bands, splits
+from galmorph.data import augment, bands, splits, stream
 from galmorph.tracking import check_experiment, model_registry
 
 FREEZE = ("none", "conv")
@@ -51,6 +51,7 @@ class TrainConfig:
     dataset: str = option("synthetic", "galaxy10, galaxy10_decals, synthetic, nair2010, or the path of a Galaxy10-format .h5 file")
     scheme: str = option("default", "class scheme of experiments/schemes.yaml (native, 4way, phys449_4way, ...); default: the dataset's")
     band: str = option("g", "band(s) fed to the network, among the dataset's: SDSS images g (the paper's), r, i (what PHYS449 used) or gri; Galaxy10 DECaLS g, r, z or grz", bands.ALL_BANDS, preset=True)
+    stream: str = option("auto", "read the training images from the file as they are needed, a window of HDF5 chunks at a time, instead of all into memory: true, false, or auto (stream when the decoded images would take over 25 % of the available memory); docs/scale.md", stream.CHOICES)
     image_size: int = option(0, "downsample the images on load to this side in pixels by area averaging (0 = native; e.g. 64 or 128 for the 256 px Galaxy10 DECaLS)")
     augment: str = option("random", "training augmentation: paper40 (all 40 views per epoch), random (one of the 40 per image and epoch) or none", augment.MODES, preset=True)
     epochs: int = option(30, "maximum number of epochs (the paper: up to 100, with early stopping)", preset=True)

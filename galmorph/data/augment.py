@@ -16,7 +16,9 @@ image once per epoch in one of the 8 rotations by 90 degrees and mirrors of the 
 galaxies have no up or down) and `rotate` (each image once per epoch turned by any angle,
 mirrored or not and scaled by 0.9-1.1, then centre-cropped; nearest-neighbour sampling, so
 still one gather, with a map made per batch). Every epoch's plan is a pure function of
-(seed, epoch), so a resumed run sees the same batches.
+(seed, epoch), so a resumed run sees the same batches. Images streamed from their file
+(galmorph.data.stream) are gathered the same way from the batch's rows once read, in the
+order of `windowed_plan`.
 
 Test-time augmentation (`tta_views`): the mean over the 40 views (`true`) or over the 8
 dihedral views of the centre crop (`dihedral`).
@@ -97,7 +99,9 @@ def view_maps(image_size: int, crop: int) -> np.ndarray:
 class BatchMaker:
     """Makes normalised NHWC float32 batches of chosen (image, view) pairs.
 
-    images: uint8 (N, H, H, 3) (not copied); channels: band channel indices (galmorph.data.bands).
+    images: uint8 (N, H, H, 3) (not copied), or streamed galmorph.data.stream.Images (each
+    batch's rows are read, then gathered as in memory); channels: band channel indices
+    (galmorph.data.bands).
     """
 
     def __init__(self, images: np.ndarray, channels, crop_fraction: float = PAPER_CROP_FRACTION):
@@ -108,7 +112,8 @@ class BatchMaker:
         self.crop = crop_size(self.size, crop_fraction)
         self.channels = np.asarray(channels, dtype=np.intp)
         self.maps = view_maps(self.size, self.crop)
-        self._flat = images.reshape(images.shape[0], self.size * self.size, images.shape[3])
+        self.streamed = bool(getattr(images, "streamed", False))
+        self._flat = None if self.streamed else images.reshape(images.shape[0], self.size * self.size, images.shape[3])
         self._single = self.channels.size == 1
         self._chan = int(self.channels[0])
 
@@ -116,15 +121,24 @@ class BatchMaker:
     def input_shape(self) -> tuple[int, int, int]:
         return (self.crop, self.crop, int(self.channels.size))
 
+    def _pixels(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(flat uint8 (M, H*H, C) images, the row of each of `index` in them): the whole array
+        in memory, or the batch's own rows read from a streamed file."""
+        if self._flat is not None:
+            return self._flat, index
+        rows = self.images[index]
+        return rows.reshape(index.size, self.size * self.size, rows.shape[-1]), np.arange(index.size)
+
     def batch_uint8(self, index: np.ndarray, views: np.ndarray | int = 0) -> np.ndarray:
         """uint8 (B, crop, crop, C) of images `index` seen in `views` (one view or one per image)."""
         index = np.asarray(index, dtype=np.intp)
         pix = self.maps[views] if np.ndim(views) else self.maps[int(views)][None, :]
+        flat, index = self._pixels(index)
         if self._single:
             # gather only the one band: a third of the memory traffic
-            out = self._flat[index[:, None], pix, self._chan]
+            out = flat[index[:, None], pix, self._chan]
             return out.reshape(index.size, self.crop, self.crop, 1)
-        out = self._flat[index[:, None], pix][..., self.channels]
+        out = flat[index[:, None], pix][..., self.channels]
         return out.reshape(index.size, self.crop, self.crop, self.channels.size)
 
     def batch(self, index: np.ndarray, views: np.ndarray | int = 0) -> np.ndarray:
@@ -148,7 +162,8 @@ class BatchMaker:
         x = np.clip(np.rint(centre + cos * u - sin * v), 0, self.size - 1).astype(np.intp)
         y = np.clip(np.rint(centre + sin * u + cos * v), 0, self.size - 1).astype(np.intp)
         pix = y * self.size + x
-        out = self._flat[index[:, None], pix][..., self.channels]
+        flat, index = self._pixels(index)
+        out = flat[index[:, None], pix][..., self.channels]
         return out.reshape(index.size, self.crop, self.crop, self.channels.size)
 
 
@@ -158,10 +173,11 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def epoch_plan(n: int, mode: str, epoch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(positions, views) visited in one training epoch, shuffled reproducibly per epoch."""
+def epoch_plan(n: int, mode: str, epoch: int, seed: int, part: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, views) visited in one training epoch, shuffled reproducibly per epoch
+    (`part` > 0: the plan of window `part` of a streamed epoch, windowed_plan)."""
     check_mode(mode)
-    rng = np.random.default_rng([seed, epoch, 11])
+    rng = np.random.default_rng([seed, epoch, 11, *([part] if part else [])])
     if mode == "paper40":
         pos = np.repeat(np.arange(n), N_VIEWS)
         views = np.tile(np.arange(N_VIEWS), n)
@@ -174,6 +190,27 @@ def epoch_plan(n: int, mode: str, epoch: int, seed: int) -> tuple[np.ndarray, np
     high = {"random": N_VIEWS, "dihedral": N_DIHEDRAL}.get(mode)
     views = rng.integers(0, high, size=n) if high else np.zeros(n, dtype=np.int64)
     return pos, views
+
+
+def windowed_plan(blocks: np.ndarray, mode: str, epoch: int, seed: int, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """epoch_plan for images streamed from a file: `blocks` is the block (unit of reading) of
+    each image. The blocks are shuffled, cut into windows of `window`
+    blocks, and each window's images are planned by epoch_plan in turn, so the batches of a
+    window read only its blocks. A pure function of (seed, epoch); with one window, exactly
+    epoch_plan(blocks.size, mode, epoch, seed), the in-memory plan.
+    """
+    ids, block_index = np.unique(blocks, return_inverse=True)
+    if ids.size <= window:
+        return epoch_plan(blocks.size, mode, epoch, seed)
+    place = np.empty(ids.size, np.int64)
+    place[np.random.default_rng([seed, epoch, 13]).permutation(ids.size)] = np.arange(ids.size)
+    win = place[block_index] // window
+    order = np.argsort(win, kind="stable")  # each window's images in increasing position
+    bounds = np.cumsum(np.bincount(win, minlength=-(-ids.size // window)))[:-1]
+    parts = [(members, epoch_plan(members.size, mode, epoch, seed, part=w + 1))
+             for w, members in enumerate(np.split(order, bounds))]
+    return (np.concatenate([members[pos] for members, (pos, _) in parts]),
+            np.concatenate([views for _, (_, views) in parts]))
 
 
 class TrainStream:
@@ -202,7 +239,11 @@ class TrainStream:
         return n // self.batch_size if self.drop_remainder else -(-n // self.batch_size)
 
     def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        pos, views = epoch_plan(self.indices.size, self.mode, epoch, self.seed)
+        if self.maker.streamed:
+            images = self.maker.images
+            pos, views = windowed_plan(images.blocks(self.indices), self.mode, epoch, self.seed, images.window)
+        else:
+            pos, views = epoch_plan(self.indices.size, self.mode, epoch, self.seed)
         return self.indices[pos], views
 
     def get(self, plan, i: int) -> tuple[np.ndarray, np.ndarray]:

@@ -24,23 +24,26 @@ from galmorph.data import integrity, resize
 ID_KEYS = ("id", "objid", "galaxy_id")
 COLUMNS = ("ra", "dec", "redshift", "pxscale")  # per-image values kept with the images (e.g. to look galaxies up by position)
 MAX_CLASSES = 1000  # more distinct labels than this are ids or measurements, not classes
+CHUNK_ROWS = 128  # images per HDF5 chunk of the files galmorph writes: a unit that streams well (galmorph.data.stream)
 
 
 @dataclass
 class RawData:
     """The contents of one Galaxy10-format file, checked."""
 
-    images: np.ndarray  # uint8 (N, H, W, 3)
+    images: np.ndarray | None  # uint8 (N, H, W, 3); None when read with images=False
     labels: np.ndarray  # int64 (N,)
     class_names: tuple[str, ...] | None
     ids: np.ndarray | None  # one id per galaxy (several images may share one), or None
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # COLUMNS the file has, one value per image
 
 
-def read(path: Path, image_size: int = 0) -> RawData:
+def read(path: Path, image_size: int = 0, *, images: bool = True) -> RawData:
     """Load and check a Galaxy10-format file. Images are read into memory (uint8); with
     `image_size` (> 0) they are area-averaged to that side a chunk at a time as they are read,
-    so a 256 px file never sits in memory at full size (galmorph.data.resize).
+    so a 256 px file never sits in memory at full size (galmorph.data.resize). With
+    `images=False` everything but the pixels is read and checked (galmorph.data.stream reads
+    and checks those as they are needed).
 
     Every problem, a damaged file included, is a one-line GalmorphError naming the file.
     """
@@ -53,30 +56,36 @@ def read(path: Path, image_size: int = 0) -> RawData:
         fh = h5py.File(path, "r")
     except OSError as exc:
         raise GalmorphError(
-            f"{path} is not a readable HDF5 file ({_first_line(exc)}): it is truncated, damaged or not HDF5 at all; "
+            f"{path} is not a readable HDF5 file ({first_line(exc)}): it is truncated, damaged or not HDF5 at all; "
             f"{remedy(path)}"
         ) from None
     with fh:
         img_ds, ans_ds = _dataset(fh, "images", path), _dataset(fh, "ans", path)
         _check_shapes(img_ds, ans_ds, path)
         labels = _check_labels(_read(ans_ds, path), path)
-        images = _read_images(img_ds, path, image_size)
+        n = img_ds.shape[0]
+        if images:
+            pixels = _read_images(img_ds, path, image_size)
+        else:
+            resize.check_size(img_ds.shape[1], image_size or img_ds.shape[1], path)
+            pixels = None
         class_names = _class_names(fh, path)
         ids = None
         for key in ID_KEYS:
-            if key in fh and isinstance(fh[key], h5py.Dataset) and fh[key].shape == (images.shape[0],):
+            if key in fh and isinstance(fh[key], h5py.Dataset) and fh[key].shape == (n,):
                 ids = _read(fh[key], path)
                 break
         columns = {key: _read(fh[key], path) for key in COLUMNS
-                   if key in fh and isinstance(fh[key], h5py.Dataset) and fh[key].shape == (images.shape[0],)}
-    _check_images(images, path)
+                   if key in fh and isinstance(fh[key], h5py.Dataset) and fh[key].shape == (n,)}
+    if pixels is not None:
+        check_images(pixels, path)
     if class_names is not None and labels.max() >= len(class_names):
         bad = np.unique(labels[labels >= len(class_names)])
         raise GalmorphError(
             f"{path}: label(s) {_some(bad)} are outside the file's {len(class_names)} class_names; "
             "fix the labels or the class_names attribute"
         )
-    return RawData(images, labels, class_names, ids, columns)
+    return RawData(pixels, labels, class_names, ids, columns)
 
 
 def remedy(path: Path) -> str:
@@ -98,7 +107,7 @@ def _dataset(fh, name: str, path):
     try:
         ds = fh[name] if name in fh else None
     except (KeyError, OSError) as exc:  # a dangling link, a damaged object header
-        raise GalmorphError(f"{path}: `{name}` cannot be opened ({_first_line(exc)}); {remedy(path)}") from None
+        raise GalmorphError(f"{path}: `{name}` cannot be opened ({first_line(exc)}); {remedy(path)}") from None
     if not isinstance(ds, h5py.Dataset):
         what = f"lacks the dataset `{name}`" if ds is None else f"has a group `{name}` where a dataset belongs"
         raise GalmorphError(
@@ -135,7 +144,7 @@ def _read(ds, path) -> np.ndarray:
         return np.asarray(ds[()])
     except (OSError, ValueError, TypeError, RuntimeError) as exc:
         raise GalmorphError(
-            f"{path}: dataset `{ds.name.lstrip('/')}` cannot be read ({_first_line(exc)}): the file is damaged "
+            f"{path}: dataset `{ds.name.lstrip('/')}` cannot be read ({first_line(exc)}): the file is damaged "
             f"or uses an HDF5 filter that is not installed; {remedy(path)}"
         ) from None
 
@@ -152,7 +161,7 @@ def _read_images(ds, path, image_size: int) -> np.ndarray:
         try:
             chunk = np.asarray(ds[start : start + step])
         except (OSError, ValueError, TypeError, RuntimeError) as exc:
-            raise GalmorphError(f"{path}: dataset `images` cannot be read ({_first_line(exc)}): the file is damaged "
+            raise GalmorphError(f"{path}: dataset `images` cannot be read ({first_line(exc)}): the file is damaged "
                                 f"or uses an HDF5 filter that is not installed; {remedy(path)}") from None
         out[start : start + step] = resize.downsample(chunk, image_size)
     return out
@@ -163,7 +172,7 @@ def _class_names(fh, path) -> tuple[str, ...] | None:
     try:
         names = fh.attrs.get("class_names")
     except (OSError, TypeError, ValueError) as exc:
-        raise GalmorphError(f"{path}: attribute class_names cannot be read ({_first_line(exc)}); {remedy(path)}") from None
+        raise GalmorphError(f"{path}: attribute class_names cannot be read ({first_line(exc)}); {remedy(path)}") from None
     if names is None:
         return None
     names = np.asarray(names)
@@ -179,8 +188,9 @@ def _class_names(fh, path) -> tuple[str, ...] | None:
 
 
 def write(path: Path, images: np.ndarray, labels: np.ndarray, class_names=None, *, checksum: bool = False,
-          **extra) -> Path:
-    """Write a Galaxy10-format file atomically (temporary name in the same folder, then rename).
+          compression: str | None = None, chunk_rows: int = CHUNK_ROWS, **extra) -> Path:
+    """Write a Galaxy10-format file atomically (temporary name in the same folder, then rename),
+    `images` in HDF5 chunks of `chunk_rows` images (`compression`: None, "gzip" or "lzf").
 
     checksum: also record the file's SHA256 in its sidecar (galmorph.data.integrity), for
     files galmorph owns and verifies on load.
@@ -191,7 +201,7 @@ def write(path: Path, images: np.ndarray, labels: np.ndarray, class_names=None, 
     digest = None
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as fh:
-            fh.create_dataset("images", data=images, chunks=(1,) + images.shape[1:])
+            fh.create_dataset("images", data=images, chunks=image_chunks(images.shape, chunk_rows), compression=compression)
             fh.create_dataset("ans", data=labels)
             if class_names is not None:
                 fh.attrs["class_names"] = list(class_names)
@@ -202,6 +212,11 @@ def write(path: Path, images: np.ndarray, labels: np.ndarray, class_names=None, 
     if digest is not None:
         integrity.remember(path, digest)
     return path
+
+
+def image_chunks(shape, rows: int = CHUNK_ROWS) -> tuple[int, ...]:
+    """The HDF5 chunk shape of `images` (N, H, W, 3): `rows` whole images (fewer in a smaller file)."""
+    return (max(1, min(int(shape[0]), rows)),) + tuple(int(d) for d in shape[1:])
 
 
 def _check_labels(labels: np.ndarray, path) -> np.ndarray:
@@ -242,14 +257,16 @@ def infer_classes(labels: np.ndarray, path) -> tuple[np.ndarray, np.ndarray]:
     return values, index.astype(np.int64).reshape(labels.shape)
 
 
-def _check_images(images: np.ndarray, path) -> None:
+def check_images(images: np.ndarray, path, first: int = 0) -> None:
+    """No blank image among `images` (rows `first`, `first` + 1, ... of the file at `path`)."""
     # A blank cutout (every pixel the same, e.g. outside the survey footprint) carries no
     # information and would silently teach the network a constant input.
     flat = images.reshape(images.shape[0], -1)
     blank = np.flatnonzero(flat.min(axis=1) == flat.max(axis=1))
     if blank.size:
+        where = "" if first == 0 else f" among rows {first}-{first + images.shape[0] - 1}"
         raise GalmorphError(
-            f"{path}: {blank.size} image(s) are blank (all pixels equal), first at index {blank[0]}; "
+            f"{path}: {blank.size} image(s){where} are blank (all pixels equal), first at index {first + blank[0]}; "
             "remove them from the file"
         )
 
@@ -265,5 +282,5 @@ def _some(values, limit: int = 5) -> str:
     return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
 
 
-def _first_line(exc) -> str:
+def first_line(exc) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -20,7 +20,7 @@ import numpy as np
 
 from galmorph.core.errors import GalmorphError
 from galmorph.core.paths import cache_dir
-from galmorph.data import bands, hdf5, integrity, schemes, synthetic
+from galmorph.data import bands, hdf5, integrity, schemes, stream, synthetic
 from galmorph.data import download as dl
 from galmorph.data.nair2010.params import manifest_path
 from galmorph.data.synthetic.instrument import pixel_scale as synthetic_pixel_scale
@@ -135,11 +135,13 @@ class Dataset:
     """Images and labels ready for splitting.
 
     images: uint8 (N, H, W, 3), colour composites whose channel order `bands` gives (SDSS:
-    i, r, g; Legacy Surveys: z, r, g);
+    i, r, g; Legacy Surveys: z, r, g): an array, or when streamed a galmorph.data.stream.Images
+    that reads them from the file as they are indexed;
     labels: int64 (N,) in 0..len(class_names)-1 after the class scheme;
     rows: int64 (N,), each image's row in the source file (stable across schemes);
     groups: (N,) galaxy ids (several images of one galaxy share one) or None;
-    columns: the file's per-image values (ra, dec, redshift, pxscale where it has them), (N,) each.
+    columns: the file's per-image values (ra, dec, redshift, pxscale where it has them), (N,) each;
+    meta: `stream` (whether the images are streamed) and `stream_reason` (why).
     """
 
     name: str
@@ -164,24 +166,30 @@ class Dataset:
         return int(self.images.shape[1])
 
     def digest(self) -> str:
-        """Content digest (16 hex digits) of the images and labels actually used."""
+        """Content digest (16 hex digits) of the images and labels actually used (the same whether
+        they are in memory or streamed: streamed ones are hashed as they are read)."""
         h = hashlib.sha256()
         h.update(np.ascontiguousarray(self.labels).tobytes())
         h.update(np.ascontiguousarray(self.rows).tobytes())
         h.update("|".join(self.class_names).encode())
-        step = 2048
+        step = max(1, (32 << 20) // max(1, int(np.prod(self.images.shape[1:]))))  # 32 MB at a time
         for start in range(0, len(self), step):
             h.update(np.ascontiguousarray(self.images[start : start + step]).tobytes())
         return h.hexdigest()[:16]
 
     def subset(self, keep: np.ndarray) -> "Dataset":
-        """A Dataset of the positions `keep` (copies the selected images)."""
+        """A Dataset of the positions `keep` (copies the selected images; streamed ones stay in the file)."""
         return Dataset(
-            self.name, self.key, self.path, self.images[keep], self.labels[keep], self.rows[keep],
+            self.name, self.key, self.path, _take(self.images, keep), self.labels[keep], self.rows[keep],
             self.class_names, self.native_class_names,
             None if self.groups is None else self.groups[keep], self.scheme, dict(self.meta), self.bands,
             {k: v[keep] for k, v in self.columns.items()},
         )
+
+
+def _take(images, keep: np.ndarray):
+    """images[keep] of an array, or the streamed images of those positions (nothing read)."""
+    return images[keep] if isinstance(images, np.ndarray) else images.take(keep)
 
 
 def names() -> list[str]:
@@ -287,12 +295,19 @@ def pixel_scale(data: Dataset) -> float | None:
 
 
 def load(dataset: str, scheme: str = "default", *, schemes_file: str | None = None, image_size: int = 0,
-         **resolve_kwargs) -> Dataset:
+         stream_images: str = "false", **resolve_kwargs) -> Dataset:
     """Load `dataset` and apply class scheme `scheme` (dropping the classes it leaves out);
-    `image_size` > 0 area-averages the images to that side as they are read."""
+    `image_size` > 0 area-averages the images to that side as they are read. `stream_images`
+    (auto, true or false: galmorph.data.stream.decide) leaves the images in the file, read as
+    they are needed."""
 
     path, record = resolve_path(dataset, **resolve_kwargs)
-    raw = hdf5.read(path, image_size=image_size)
+    streamed, reason = stream.decide(stream_images, path, image_size)
+    raw = hdf5.read(path, image_size=image_size, images=not streamed)
+    if streamed:
+        raw.images = stream.Images(stream.Rows(path, image_size))
+        if raw.images.source.problem:
+            stream.warn(raw.images.source.problem)
     native_labels = raw.labels  # 0..len(native)-1
     label_values = None  # the file's label of each native class, where they are not 0..K-1 by declaration
     if record is not None:
@@ -319,12 +334,13 @@ def load(dataset: str, scheme: str = "default", *, schemes_file: str | None = No
     if not keep.any():
         raise GalmorphError(f"scheme {sch.name} keeps no image of {key}; choose another scheme")
     rows = np.flatnonzero(keep).astype(np.int64)
-    images = raw.images if keep.all() else raw.images[keep]
+    images = raw.images if keep.all() else _take(raw.images, keep)
     groups = None if raw.ids is None else raw.ids[keep]
     return Dataset(
         name=record.name if record else str(path), key=key, path=path, images=images, labels=labels,
         rows=rows, class_names=sch.class_names, native_class_names=tuple(native), groups=groups,
         scheme=sch.name, bands=record.bands if record else bands.SDSS,
+        meta={"stream": streamed, "stream_reason": reason},
         columns={k: (v if keep.all() else v[keep]) for k, v in raw.columns.items()},
     )
 
@@ -336,7 +352,7 @@ def describe(dataset: str | None, scheme: str = "default", *, schemes_file: str 
     if dataset is None:
         return "\n".join(f"{name:15s} {DATASETS[name].description}\n{'':15s} classes: "
                          f"{', '.join(DATASETS[name].class_names)}; {DATASETS[name].how_to_get}" for name in names())
-    data = load(dataset, scheme, schemes_file=schemes_file)
+    data = load(dataset, scheme, schemes_file=schemes_file, stream_images="auto")
     counts = np.bincount(data.labels, minlength=len(data.class_names))
     lines = [f"{data.name}: {len(data)} images {data.images.shape[1:]} uint8, scheme {data.scheme}, digest {data.digest()}",
              f"bands: {data.bands.survey}, channels {', '.join(data.bands.rgb)}; --band {', '.join(data.bands.choices)}"]

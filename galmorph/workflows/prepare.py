@@ -53,6 +53,7 @@ def prepare(config: TrainConfig, *, merge_val_into_train: bool = False) -> Prepa
     check_data_settings(config)
     data = registry.load(
         config.dataset, config.scheme, schemes_file=config.schemes_file or None, image_size=config.image_size,
+        stream_images=config.stream,
         synthetic_n=config.synthetic_n, synthetic_noise=config.synthetic_noise, seed=SYNTHETIC_DATA_SEED,
     )
     if config.max_images:

@@ -184,6 +184,7 @@ def _log_data(mlflow, data, split, spec, backend: str, log_input: bool) -> str:
         "dataset_name": data.name, "dataset_digest": digest, "dataset_path": str(data.path),
         "scheme_resolved": data.scheme, "class_names": ",".join(data.class_names), "n_classes": len(data.class_names),
         "image_size_loaded": data.image_size, "input_shape": "x".join(map(str, spec.input_shape)),
+        "stream_resolved": str(bool(data.meta.get("stream"))).lower(), "stream_reason": data.meta.get("stream_reason", "-"),
         "n_train": split.train.size, "n_val": split.val.size, "n_test": split.test.size,
         **({"zoo_builder": _builder_text(spec.builder(backend))} if spec.is_zoo else {
             "spec_trainable_params": spec.trainable_params, "spec_total_params": spec.total_params,

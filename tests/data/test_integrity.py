@@ -29,9 +29,10 @@ def hashes(monkeypatch):
 
 def _flip_image_byte(path, image: int) -> None:
     """Invert one byte in the middle of the stored pixels of `image` (in place)."""
-    with h5py.File(path, "r") as fh:
-        chunk = fh["images"].id.get_chunk_info(image)  # one image per chunk, uncompressed
-    offset = chunk.byte_offset + chunk.size // 2
+    with h5py.File(path, "r") as fh:  # uncompressed chunks of whole images
+        rows, size = fh["images"].chunks[0], int(np.prod(fh["images"].shape[1:]))
+        chunk = fh["images"].id.get_chunk_info(image // rows)
+    offset = chunk.byte_offset + (image % rows) * size + size // 2
     next_timestamp(path)
     with open(path, "r+b") as f:
         f.seek(offset)
