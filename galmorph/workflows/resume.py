@@ -77,6 +77,9 @@ def resolve(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, checkpoi
         if alive:
             raise GalmorphError(f"run {run_id} is still RUNNING: {why}; stop it first, or wait")
     logged = _logged_settings(run)
+    if logged.get("stream") == "auto" and run.data.params.get("stream_resolved") in ("true", "false"):
+        # the run's own choice: today's free memory could choose otherwise, and another batch order
+        logged["stream"] = run.data.params["stream_resolved"]
     if "backend" not in logged or "model" not in logged:
         raise GalmorphError(f"run {run_id} is not a galmorph training run (no model/backend parameters); "
                             "pass the id of a `galmorph train` run")
