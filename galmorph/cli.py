@@ -206,9 +206,10 @@ def cmd_explain(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from galmorph.workflows import predict
+    from galmorph.workflows import predict, spark
 
-    summary = predict.run(config_from(args, predict.PredictConfig))
+    config = config_from(args, predict.PredictConfig)
+    summary = (spark.run if config.spark else predict.run)(config)  # spark: predict on a Spark cluster
     failed = f"; {summary.n_failed} failed, listed in {summary.errors}" if summary.n_failed else ""
     print(f"{summary.output}: {summary.n_predicted} galaxies predicted{failed}", flush=True)
     return summary.exit_code

@@ -3,7 +3,9 @@ of them, Galaxy10-format .h5 files, FITS files and catalogues of coordinates.
 
 Every input path becomes a `Source`: it knows how many galaxies it holds (for the progress
 bar) and yields one `Entry` per galaxy, in a stable order, either with its image or with
-the one-line reason it has none. A broken galaxy is an entry with an error, never an
+the one-line reason it has none; `entries(start)` yields them from the start-th on (a
+resumed prediction skips what is done without reading it), holding only a block of them
+in memory at a time whatever the input's length. A broken galaxy is an entry with an error, never an
 exception: the pipeline writes it to the errors file and predicts the others. Only what
 makes the whole command meaningless (a path that does not exist, a file type galmorph does
 not read, a folder without images) is a GalmorphError.
@@ -132,7 +134,10 @@ class FileSource:
         return len(self.files)
 
     def __iter__(self) -> Iterator[Entry]:
-        for path in self.files:
+        return self.entries()
+
+    def entries(self, start: int = 0) -> Iterator[Entry]:
+        for path in self.files[start:]:
             try:
                 if suffix(path) in FITS_SUFFIXES:
                     image = self.fits_reader(path, self.geometry)
@@ -181,14 +186,18 @@ class H5Source:
         return cols
 
     def __iter__(self) -> Iterator[Entry]:
+        return self.entries()
+
+    def entries(self, first: int = 0) -> Iterator[Entry]:
         import h5py
 
         if self.problem:
-            yield Entry(str(self.path), error=self.problem)
+            if first == 0:
+                yield Entry(str(self.path), error=self.problem)
             return
         with h5py.File(self.path, "r") as f:
             images, columns = f["images"], self._columns(f)
-            for start in range(0, self.n, H5_CHUNK):
+            for start in range(first, self.n, H5_CHUNK):
                 stop = min(start + H5_CHUNK, self.n)
                 block = images[start:stop]
                 values = {k: ds[start:stop] for k, ds in columns.items()}
