@@ -64,7 +64,7 @@ def check(master: str) -> None:
             except (OSError, ValueError) as exc:
                 problems.append(f"{address}: {getattr(exc, 'strerror', None) or exc}")
         raise GalmorphError(f"--spark {master}: the Spark master cannot be reached ({'; '.join(problems)}); "
-                            "start it (sbin/start-master.sh) or correct the URL")
+                            "start it (docs/scale.md: On a Spark cluster) or correct the URL")
 
 
 def session(master: str, app_name: str = "galmorph", *, progress: bool = False, conf: dict | None = None):
@@ -89,6 +89,24 @@ def session(master: str, app_name: str = "galmorph", *, progress: bool = False, 
         return builder.getOrCreate()
     except Exception as exc:  # py4j and PySpark raise their own types, with multi-line messages
         raise GalmorphError(f"--spark {master}: Spark did not start ({inputs.one_line(exc)})") from None
+
+
+def describe(reference: str):
+    """(model URI, ModelInfo) of the galmorph model `reference` names (as galmorph predict takes
+    it), read from its MLmodel file alone: the driver of a Spark job loads no network.
+    GalmorphError where there is no such model or it is not galmorph's."""
+    import mlflow
+
+    from galmorph.inference.model import info_of
+    from galmorph.inference.resolve import resolve
+
+    found = resolve(reference, flag="model")
+    try:
+        mlmodel = mlflow.models.Model.load(found.model_uri)
+    except mlflow.exceptions.MlflowException as exc:
+        raise GalmorphError(f"model {reference}: {found.model_uri} cannot be read as an MLflow model "
+                            f"({inputs.one_line(exc)})") from None
+    return found.model_uri, info_of(mlmodel, reference)
 
 
 def result_type(info) -> str:

@@ -1,22 +1,26 @@
 """`galmorph predict MODEL INPUT... --spark MASTER --output predictions.parquet`: galmorph
 predict with the galaxies spread over a Spark cluster (galmorph.inference.spark).
 
-The driver (this process) loads the model's description, lists the inputs (folders of JPEG,
-PNG or FITS files and Galaxy10-format .h5 files; catalogues are fetched by galmorph predict
-without --spark) and cuts them into tasks of --batch-size galaxies, in input order. The
-executors read their tasks' images with galmorph predict's own code
-(galmorph.inference.inputs: same crop, resize and FITS stretch) and predict them with the
-logged model through mlflow.pyfunc.spark_udf; Spark writes the output rows as Parquet parts
-in a temporary folder beside the output, `.<output name>.spark-<random>`, which the driver
-joins, in input order, into the one Parquet file --output (written to a temporary name, then
-renamed) and removes. The inputs and that folder must be at the same path on every executor
-(local mode: this machine; a cluster: a shared file system).
+The driver (this process) reads the model's description (its MLmodel file: no network is
+loaded here), lists the inputs (JPEG, PNG and FITS files and folders of them, Galaxy10-format
+.h5 files; catalogues, whose cutouts one process fetches, are for galmorph predict without
+--spark), cuts them into tasks of --batch-size galaxies in input order and ships the model
+to the executors (SparkContext.addFile). Each executor's Python worker loads the pyfunc once
+(the same object mlflow.pyfunc.spark_udf loads: galmorph.inference.spark.loaded_model), and
+per task reads the galaxies with galmorph predict's own sources (galmorph.inference.inputs:
+same crop, resize, FITS stretch) and predicts them as one batch, with LoadedModel.predict as
+galmorph predict does; the images never leave the worker, only the output rows do. Spark
+writes those as Parquet parts in a temporary folder beside the output,
+`.<output name>.spark-<random>`, which the driver joins in input order into the one Parquet
+file --output (a temporary name, then renamed) and removes. The inputs and that folder must
+be at the same path on every executor (local mode: this machine; a cluster: a shared file
+system).
 
-Writes what galmorph predict writes: the output, `source`, `id` (as text), `ra`, `dec` (where
-the input gives them), `p_<class>`..., `predicted`, `confidence` (and `p_<class>_std` for an
-ensemble), one row per predicted galaxy in input order; and `<stem>.errors.csv` beside it.
-Same exit codes; a master that cannot be reached, or no Java: one `galmorph: error:` line,
-exit 2, nothing written. The run is not resumable: a rerun starts again.
+Writes what galmorph predict writes: the output (`source`, `id` as text, `ra`, `dec` where
+the input gives them, `p_<class>`..., `predicted`, `confidence`, and `p_<class>_std` for an
+ensemble; one row per predicted galaxy, in input order) and `<stem>.errors.csv` beside it.
+Same exit codes; a master that cannot be reached, no Java or no PySpark: one `galmorph:
+error:` line, exit 2, nothing written. Not resumable: a rerun starts again.
 """
 
 from __future__ import annotations
@@ -170,7 +174,6 @@ def run(config: PredictConfig, *, progress: bool | None = None) -> Summary:
     written, for everything galmorph predict refuses, an output not named .parquet, catalogue
     inputs, no PySpark or Java, or a master that cannot be reached."""
     from galmorph.inference import fits
-    from galmorph.inference.model import load
 
     started = time.perf_counter()
     config.validate()
@@ -180,9 +183,9 @@ def run(config: PredictConfig, *, progress: bool | None = None) -> Summary:
     if progress is None:
         progress = not config.quiet and sys.stderr.isatty()
     engine.check(config.spark)  # before the model: seconds, where Spark's own failure takes a minute
-    model = load(config.model)
+    uri, info = engine.describe(config.model)
     loaded = time.perf_counter()
-    sources = sources_for(config, model.info, progress)
+    sources = sources_for(config, info, progress)
     catalogues = [str(s.path) for s in sources if s.kind not in ("h5", "images")]
     if catalogues:
         raise GalmorphError(f"--spark reads images, FITS and .h5 files, not catalogues ({catalogues[0]}): their "
@@ -197,11 +200,11 @@ def run(config: PredictConfig, *, progress: bool | None = None) -> Summary:
     folder = output.with_name(f".{output.name}.spark-{uuid.uuid4().hex[:12]}")
     try:
         with tempfile.TemporaryDirectory(prefix="galmorph-spark-") as tmp:
-            model_file = _ship_model(spark, model.uri, Path(tmp))
-            predict = _predictor(model_file, inputs.Geometry(model.info.image_side, config.crop),
-                                 fits.reader(config.stretch(), len(model.info.band)), config.tta,
+            model_file = _ship_model(spark, uri, Path(tmp))
+            predict = _predictor(model_file, inputs.Geometry(info.image_side, config.crop),
+                                 fits.reader(config.stretch(), len(info.band)), config.tta,
                                  not config.uncalibrated, errors, present)
-            schema = "source string, id string, ra double, dec double, " + engine.result_type(model.info)
+            schema = "source string, id string, ra double, dec double, " + engine.result_type(info)
             frame.mapInPandas(predict, schema).write.parquet(folder.resolve().as_uri())
         n_ok = _join_parts(folder, output, [c for c in META if c not in present.value])
     finally:

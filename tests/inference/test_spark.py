@@ -182,7 +182,7 @@ def test_predict_spark_refuses_an_unreachable_master_no_java_and_a_csv_output(mo
     if engine.java() is not None:
         err = _refused(argv + [f"spark://127.0.0.1:{closed_port}"], capsys, tmp_path)
         assert f"the Spark master cannot be reached (127.0.0.1:{closed_port}: Connection refused)" in err
-        assert "start it (sbin/start-master.sh) or correct the URL" in err
+        assert "start it (docs/scale.md: On a Spark cluster) or correct the URL" in err
     err = _refused(argv[:3] + ["--output", str(tmp_path / "p.csv"), "--spark", "local[2]"], capsys, tmp_path)
     assert "--spark writes Parquet: give --output NAME.parquet" in err
     monkeypatch.setenv("PATH", "")
