@@ -17,8 +17,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -107,6 +109,23 @@ def describe(reference: str):
         raise GalmorphError(f"model {reference}: {found.model_uri} cannot be read as an MLflow model "
                             f"({inputs.one_line(exc)})") from None
     return found.model_uri, info_of(mlmodel, reference)
+
+
+@contextlib.contextmanager
+def job(master: str):
+    """Spark's failures inside the block (a task that failed on every try, an executor without
+    galmorph, a file it cannot read or write) as one GalmorphError line: the error that the
+    Python worker or the JVM raised, whose whole trace Spark has logged already."""
+    from py4j.protocol import Py4JError
+    from pyspark.errors import PySparkException
+
+    try:
+        yield
+    except (PySparkException, Py4JError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines()]
+        named = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception): ", ln)]
+        reason = (named or [ln for ln in lines if ln] or [type(exc).__name__])[-1]
+        raise GalmorphError(f"--spark {master}: the Spark job failed: {inputs.one_line(reason)}") from None
 
 
 def result_type(info) -> str:

@@ -47,27 +47,41 @@ META = ("id", "ra", "dec")
 
 
 def _tasks(sources: list, size: int) -> list[tuple]:
-    """(first galaxy's index in the whole input, kind, path, start, stop, files) per `size`
-    galaxies of every source, in input order."""
+    """(first galaxy's index in the whole input, kind, path, name, start, stop, files, names)
+    per `size` galaxies of every source, in input order: paths made absolute for the executors
+    (whose working folders differ), names as galmorph predict writes them."""
     tasks, offset = [], 0
     for source in sources:
         n = len(source)
         for start in range(0, n, size):
             stop = min(start + size, n)
             if source.kind == "h5":
-                tasks.append((offset + start, "h5", str(source.path), start, stop, []))
+                tasks.append((offset + start, "h5", str(source.path.resolve()), str(source.path), start, stop, [], []))
             else:
-                tasks.append((offset + start, "images", "", 0, stop - start, [str(f) for f in source.files[start:stop]]))
+                files = source.files[start:stop]
+                tasks.append((offset + start, "images", "", "", 0, stop - start, [str(f.resolve()) for f in files],
+                              [str(f) for f in files]))
         offset += n
     return tasks
 
 
+TASK_SCHEMA = ("first long, kind string, path string, name string, start long, stop long, files array<string>, "
+               "names array<string>")
+
+
 def _entries(task, geometry, fits_reader):
-    """The galaxies of one task (_tasks), read by galmorph predict's sources."""
+    """The galaxies of one task (_tasks), read by galmorph predict's sources, named as
+    galmorph predict names them."""
     if task.kind == "h5":
         source = inputs.H5Source(Path(task.path), geometry)
-        return itertools.islice(source.entries(task.start), task.stop - task.start)
-    return inputs.FileSource([Path(f) for f in task.files], geometry, fits_reader).entries()
+        entries = itertools.islice(source.entries(task.start), task.stop - task.start)
+        names = {}
+    else:
+        entries = inputs.FileSource([Path(f) for f in task.files], geometry, fits_reader).entries()
+        names = dict(zip(task.files, task.names))
+    for entry in entries:  # an .h5 file's rows are <path>[row], or <path> where it cannot be read
+        entry.source = names[entry.source] if names else task.name + entry.source[len(task.path):]
+        yield entry
 
 
 def _predictor(model_file: str, geometry, fits_reader, tta, calibrated: bool, errors, present):
@@ -121,17 +135,18 @@ def _accumulators(sc):
 
 
 def _ship_model(spark, uri: str, tmp: Path) -> str:
-    """Download the model at `uri` under `tmp` and add it to the Spark job's files (every
-    executor fetches it before its first task); its SparkFiles name, unique per run."""
+    """Download the model at `uri` under `tmp` and add it, zipped, to the Spark job's archives
+    (every executor fetches and unpacks it before its first task; a cluster takes no folder);
+    its SparkFiles name, unique per run."""
     import mlflow
 
     from galmorph.tracking.artifacts import no_progress_bar
 
     with no_progress_bar():
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp / "download")))
-    folder = local.rename(tmp / f"galmorph-model-{uuid.uuid4().hex[:12]}")
-    spark.sparkContext.addFile(str(folder), recursive=True)
-    return folder.name
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp / "download"))
+    archive = shutil.make_archive(str(tmp / f"galmorph-model-{uuid.uuid4().hex[:12]}"), "zip", root_dir=local)
+    spark.sparkContext.addArchive(archive)
+    return Path(archive).name
 
 
 def _join_parts(folder: Path, output: Path, drop) -> int:
@@ -194,18 +209,19 @@ def run(config: PredictConfig, *, progress: bool | None = None) -> Summary:
     tasks = _tasks(sources, config.batch_size)
     cores = spark.sparkContext.defaultParallelism
     table = spark.sparkContext.parallelize(tasks, max(1, min(len(tasks), PARTITIONS_PER_CORE * cores)))
-    frame = spark.createDataFrame(table, "first long, kind string, path string, start long, stop long, "
-                                         "files array<string>")
+    frame = spark.createDataFrame(table, TASK_SCHEMA)
     errors, present = _accumulators(spark.sparkContext)
     folder = output.with_name(f".{output.name}.spark-{uuid.uuid4().hex[:12]}")
     try:
         with tempfile.TemporaryDirectory(prefix="galmorph-spark-") as tmp:
-            model_file = _ship_model(spark, uri, Path(tmp))
+            with engine.job(config.spark):
+                model_file = _ship_model(spark, uri, Path(tmp))
             predict = _predictor(model_file, inputs.Geometry(info.image_side, config.crop),
                                  fits.reader(config.stretch(), len(info.band)), config.tta,
                                  not config.uncalibrated, errors, present)
             schema = "source string, id string, ra double, dec double, " + engine.result_type(info)
-            frame.mapInPandas(predict, schema).write.parquet(folder.resolve().as_uri())
+            with engine.job(config.spark):
+                frame.mapInPandas(predict, schema).write.parquet(folder.resolve().as_uri())
         n_ok = _join_parts(folder, output, [c for c in META if c not in present.value])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
