@@ -13,6 +13,9 @@
   the model checks the range 0-255). `image_udf(geometry)` makes that column, with the reason
   where a file cannot be read, from a column of JPEG, PNG or FITS paths readable on the
   executors, read and resized as `galmorph predict` reads them (galmorph.inference.inputs).
+- `describe(reference)`: a model's URI and ModelInfo from its MLmodel file alone (a driver
+  needs no network); `loaded_model(folder)`: the model loaded once per Python worker;
+  `job(master)`: a failed Spark job as one GalmorphError line.
 """
 
 from __future__ import annotations

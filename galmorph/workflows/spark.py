@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,8 @@ def run(config: PredictConfig, *, progress: bool | None = None) -> Summary:
     if catalogues:
         raise GalmorphError(f"--spark reads images, FITS and .h5 files, not catalogues ({catalogues[0]}): their "
                             "cutouts are fetched by one process; predict them without --spark")
+    # PySpark 4 warns on every call under pandas 3, which these calls were tested with (docs/scale.md)
+    warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
     spark = engine.session(config.spark, "galmorph predict", progress=progress)
     tasks = _tasks(sources, config.batch_size)
     cores = spark.sparkContext.defaultParallelism

@@ -174,8 +174,8 @@ def _refused(argv, capsys, folder) -> str:
     return err[0]
 
 
-def test_predict_spark_refuses_an_unreachable_master_no_java_and_a_csv_output(model, tmp_path, capsys,
-                                                                              closed_port, monkeypatch):
+def test_predict_spark_refuses_bad_input_in_one_line_writing_nothing(model, tmp_path, capsys, closed_port,
+                                                                    monkeypatch):
     run_id, h5, _, _ = model
     out = tmp_path / "p.parquet"
     argv = ["predict", run_id, str(h5), "--output", str(out), "--quiet", "--spark"]
@@ -183,6 +183,9 @@ def test_predict_spark_refuses_an_unreachable_master_no_java_and_a_csv_output(mo
         err = _refused(argv + [f"spark://127.0.0.1:{closed_port}"], capsys, tmp_path)
         assert f"the Spark master cannot be reached (127.0.0.1:{closed_port}: Connection refused)" in err
         assert "start it (docs/scale.md: On a Spark cluster) or correct the URL" in err
+        (tmp_path / "cat.csv").write_text("id,ra,dec,scale\nc0,150.1,2.2,0.4\n")
+        err = _refused(argv[:2] + [str(tmp_path / "cat.csv")] + argv[3:] + ["local[2]"], capsys, tmp_path)
+        assert "--spark reads images, FITS and .h5 files, not catalogues" in err
     err = _refused(argv[:3] + ["--output", str(tmp_path / "p.csv"), "--spark", "local[2]"], capsys, tmp_path)
     assert "--spark writes Parquet: give --output NAME.parquet" in err
     monkeypatch.setenv("PATH", "")
