@@ -126,9 +126,11 @@ def job(master: str):
         yield
     except (PySparkException, Py4JError) as exc:
         lines = [ln.strip() for ln in str(exc).splitlines()]
-        named = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception): ", ln)]
-        reason = (named or [ln for ln in lines if ln] or [type(exc).__name__])[-1]
-        raise GalmorphError(f"--spark {master}: the Spark job failed: {inputs.one_line(reason)}") from None
+        named = [k for k, ln in enumerate(lines) if re.match(r"^[\w.]+(Error|Exception): ", ln)]
+        reason = lines[named[-1] if named else 0:]  # the last error raised, up to the JVM's trace
+        end = next((k for k, ln in enumerate(reason) if ln.startswith(("at ", "SQLSTATE", "JVM stacktrace"))), None)
+        text = inputs.one_line(" ".join(reason[:end])) or type(exc).__name__
+        raise GalmorphError(f"--spark {master}: the Spark job failed: {text}") from None
 
 
 def result_type(info) -> str:

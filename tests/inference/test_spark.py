@@ -15,6 +15,7 @@ from conftest import make_h5
 
 import galmorph
 from galmorph import cli
+from galmorph.core.errors import GalmorphError
 from galmorph.inference import spark as engine
 
 PIL = pytest.importorskip("PIL")
@@ -119,6 +120,13 @@ def test_spark_udf_over_image_arrays_and_paths_answers_like_galmorph_predict(spa
     assert list(got.columns) == ["n", *names, "predicted", "confidence"]
     np.testing.assert_allclose(got[names].to_numpy(), _proba(reference[:40], names), rtol=0, atol=1e-6)
     assert list(got["predicted"]) == [r["predicted"] for r in reference[:40]]
+
+    # a job that fails in the workers (arrays of the wrong size): one line, the workers' error
+    wrong = spark.createDataFrame(pd.DataFrame({"image": [np.zeros(12, np.int32)]}))
+    with pytest.raises(GalmorphError, match=r"^--spark local\[2\]: the Spark job failed: \S*(Error|Exception): ") as bad:
+        with engine.job("local[2]"):
+            wrong.withColumn("p", predict("image")).collect()
+    assert "\n" not in str(bad.value) and "MlflowException: Failed to enforce schema" in str(bad.value)
 
     # the workers, having loaded the model, still import the installed galmorph, not the model's copy of it
     where = spark.range(4, numPartitions=2).mapInPandas(
