@@ -178,13 +178,7 @@ def cmd_multiseed(args) -> int:
 def cmd_hierarchy(args) -> int:
     from galmorph.workflows import hierarchy, multiseed
 
-    config = config_from(args, hierarchy.HierarchyConfig)
-    seeds = multiseed.parse_seeds(config.seeds, config.base.seed)
-    if len(seeds) == 1:
-        summary = hierarchy.run(config.base.replace(seed=seeds[0]), config.tree)
-    else:
-        summary = multiseed.run(config.base, seeds, hierarchy=config.tree)
-    print(multiseed.summary_line(hierarchy.scheme_tag(config.tree), summary))
+    print(multiseed.hierarchies(config_from(args, hierarchy.HierarchyConfig)))
     return 0
 
 
@@ -206,9 +200,10 @@ def cmd_explain(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from galmorph.workflows import predict
+    from galmorph.workflows import predict, spark
 
-    summary = predict.run(config_from(args, predict.PredictConfig))
+    config = config_from(args, predict.PredictConfig)
+    summary = (spark.run if config.spark else predict.run)(config)  # spark: predict on a Spark cluster
     failed = f"; {summary.n_failed} failed, listed in {summary.errors}" if summary.n_failed else ""
     print(f"{summary.output}: {summary.n_predicted} galaxies predicted{failed}", flush=True)
     return summary.exit_code

@@ -141,9 +141,11 @@ class LoadedModel:
 
 
 def info_of(pyfunc_model, ref: str = "") -> ModelInfo:
-    """The ModelInfo stored with a loaded pyfunc; a GalmorphError if it is not a galmorph model."""
+    """The ModelInfo stored with a loaded pyfunc, or in an MLmodel file alone (an
+    mlflow.models.Model); a GalmorphError if it is not a galmorph model."""
     meta = getattr(pyfunc_model, "metadata", None)
-    stored = (getattr(meta, "metadata", None) or {}).get(METADATA_KEY)
+    meta = meta if isinstance(meta, dict) else getattr(meta, "metadata", None)
+    stored = (meta or {}).get(METADATA_KEY)
     if not stored:
         raise GalmorphError(f"model {ref}: not a galmorph model (its MLmodel has no galmorph metadata); "
                             "pass a model logged by galmorph train, retrain or multiseed")

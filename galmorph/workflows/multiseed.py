@@ -159,6 +159,17 @@ def run(config: TrainConfig, seeds: list[int], *, hierarchy: str | None = None, 
         return summary
 
 
+def hierarchies(config) -> str:
+    """`galmorph hierarchy` (a hierarchy.HierarchyConfig): one hierarchical classifier, or one
+    per seed under a parent run; its summary line."""
+    seeds = parse_seeds(config.seeds, config.base.seed)
+    if len(seeds) == 1:
+        summary = hier.run(config.base.replace(seed=seeds[0]), config.tree)
+    else:
+        summary = run(config.base, seeds, hierarchy=config.tree)
+    return summary_line(hier.scheme_tag(config.tree), summary)
+
+
 def expand_schemes(config: TrainConfig, text: str) -> list[str]:
     """A comma-separated list of schemes; `pairs` / `pairs:<scheme>` expand to every class
     pair of that scheme (default: the dataset's default), e.g. 4way:E-vs-S0, 4way:E-vs-Sp, ..."""

@@ -63,6 +63,9 @@ class PredictConfig:
                                "crops) or dihedral (the 8 rotations and flips of the centre crop)", augment.TTA)
     uncalibrated: bool = option(False, "raw softmax probabilities instead of the temperature-calibrated ones")
     batch_size: int = option(256, "images per forward pass")
+    spark: str = option("", "predict on Apache Spark: a master such as local[2], spark://HOST:PORT or databricks "
+                           "(the cluster this runs on); the output is then Parquet (--output NAME.parquet); "
+                           "docs/scale.md (empty: this process)")
     scale: float = option(0.0, "pixel scale of catalogue cutouts in arcsec/px where the catalogue has no scale "
                                "column (0 = the model's training scale)")
     stretch_q: float = option(8.0, "FITS asinh stretch: softening Q (Lupton et al. 2004; docs/predict.md)")
