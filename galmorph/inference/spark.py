@@ -84,16 +84,47 @@ def session(master: str, app_name: str = "galmorph", *, progress: bool = False, 
     builder = SparkSession.builder.appName(app_name)
     if master != "databricks":
         builder = builder.master(master)
-    settings = {"spark.ui.showConsoleProgress": str(progress).lower(), "spark.log.level": "ERROR",
+    settings = {"spark.ui.showConsoleProgress": str(progress).lower(),
                 "spark.python.daemon.module": "galmorph.inference.spark_daemon"}
     if master.startswith("local"):
         settings |= {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
+    if master == "databricks":  # the cluster's driver is running: its log level is set as it is
+        settings["spark.log.level"] = "ERROR"
+    else:  # this process starts the driver's JVM: its log lines, start-up included, are errors only
+        settings["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={_quiet_log4j()}"
     for key, value in {**settings, **(conf or {})}.items():
         builder = builder.config(key, value)
     try:
         return builder.getOrCreate()
     except Exception as exc:  # py4j and PySpark raise their own types, with multi-line messages
         raise GalmorphError(f"--spark {master}: Spark did not start ({inputs.one_line(exc)})") from None
+
+
+_LOG4J = """# galmorph predict --spark: Spark's driver shows errors only, on stderr. The root level stays
+# warn, the level Spark gives PySpark's driver (a shell to Spark), so that Spark does not print
+# its "Setting default log level" lines; the console's filter drops the warnings.
+rootLogger.level = warn
+rootLogger.appenderRef.stderr.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.filter.errors.type = ThresholdFilter
+appender.console.filter.errors.level = error
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+"""
+
+
+def _quiet_log4j() -> Path:
+    """A log4j2 configuration for the driver's JVM (errors only), written once into the cache."""
+    from galmorph.core.io import atomic_write
+    from galmorph.core.paths import cache_dir
+
+    path = cache_dir() / "spark" / "log4j2-errors.properties"
+    if not path.is_file() or path.read_text() != _LOG4J:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda fh: fh.write(_LOG4J))
+    return path
 
 
 def describe(reference: str):

@@ -219,7 +219,7 @@ def _fit(config, active, mlflow, backend, model, prepared, hyper, info, trial, p
     if shown is not None:  # the first line, before the first epoch's wait
         shown.line(f"training {config.model} ({config.backend}, {info['device']}) on "
                    f"{Path(data.name).stem}/{data.scheme}: {split.train.size} train, {split.val.size} validation, "
-                   f"{split.test.size} test images, "
+                   f"{split.test.size} test images{' (streamed from the file)' if data.meta.get('stream') else ''}, "
                    f"up to {hyper.epochs} epoch{'s' if hyper.epochs != 1 else ''}")
         if resumed is not None:
             shown.line(f"resuming run {active.info.run_id} after epoch {resumed.epoch + 1} "
