@@ -15,7 +15,7 @@ import numpy as np
 from galmorph.config import TrainConfig
 from galmorph.core import training
 from galmorph.core.errors import GalmorphError
-from galmorph.data import augment, registry, resize, splits
+from galmorph.data import augment, registry, resize, splits, stream
 
 SYNTHETIC_DATA_SEED = 0  # the synthetic images stay the same whatever the training seed
 SUBSET_SEED = 0  # likewise the max_images subset: seeds vary the split and the weights only
@@ -41,6 +41,18 @@ def check_data_settings(config: TrainConfig) -> None:
     record = registry.DATASETS.get(config.dataset)
     if record is not None and config.dataset != "synthetic":  # synthetic images are as large as asked for
         resize.check_size(record.image_shape[0], config.image_size, config.dataset)
+
+
+def with_stream_decided(config: TrainConfig) -> TrainConfig:
+    """`config` with `--stream auto` decided here, once. Processes that train one model together
+    (data-parallel replicas) must read the data alike: each deciding on the memory free as it
+    loads could stream in one replica and not in another, and so visit other images."""
+    if config.stream != "auto":
+        return config
+    path, _ = registry.resolve_path(config.dataset, synthetic_n=config.synthetic_n,
+                                    synthetic_noise=config.synthetic_noise, seed=SYNTHETIC_DATA_SEED)
+    streamed, _ = stream.decide("auto", path, config.image_size)
+    return config.replace(stream="true" if streamed else "false")
 
 
 def prepare(config: TrainConfig, *, merge_val_into_train: bool = False) -> Prepared:

@@ -19,7 +19,8 @@ from galmorph.data import augment, registry
 from galmorph.tracking import artifacts, liveness, model_registry, tags
 from galmorph.tracking import figures as plots
 from galmorph.workflows import explain, finetune, resume
-from galmorph.workflows.prepare import Prepared, check_data_settings, hyper_from, prepare, train_stream
+from galmorph.workflows.prepare import (Prepared, check_data_settings, hyper_from, prepare, train_stream,
+                                        with_stream_decided)
 
 
 def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, nested: bool = False,
@@ -302,6 +303,7 @@ def _data_parallel(config: TrainConfig) -> dict | None:
     backend = backends.get(config.backend)
     if backend.replica()[1] == 1:  # the launching process: a broken store fails here, not in every replica
         tracking.check_store()
+        config = with_stream_decided(config)  # the replicas are told, not left to decide each on its own
     metrics = backend.launch(config.to_argv(), config.devices)
     if metrics is not None or backend.replica()[0] == 0:
         return metrics

@@ -150,3 +150,16 @@ def test_auto_streams_only_what_does_not_fit(chunked_h5):
     assert 0 < stream.available_memory()
     with pytest.raises(GalmorphError, match="stream must be one of auto, true, false"):
         stream.decide("maybe", chunked_h5)
+
+
+def test_data_parallel_replicas_are_told_the_stream_decision(chunked_h5, monkeypatch):
+    """`--stream auto` is decided once, by the launching process, for every replica."""
+    from galmorph.workflows.prepare import with_stream_decided
+
+    config = TrainConfig(dataset=str(chunked_h5), stream="auto")
+    monkeypatch.setattr(stream, "AUTO_FRACTION", 0.0)
+    assert with_stream_decided(config).stream == "true"
+    monkeypatch.setattr(stream, "AUTO_FRACTION", 1e9)
+    assert with_stream_decided(config).stream == "false"
+    assert "--stream false" in " ".join(with_stream_decided(config).to_argv())
+    assert with_stream_decided(config.replace(stream="true")).stream == "true"
