@@ -61,7 +61,7 @@ def read_columns(path: Path) -> tuple[list[str], int]:
             with open(path, newline="", encoding="utf-8-sig") as fh:
                 reader = csv.reader(fh)
                 columns = [c.strip().lower() for c in next(reader, [])]
-                n = sum(1 for _ in reader)
+                n = sum(1 for row in reader if row)  # as csv.DictReader, which reads the rows, skips blank lines
     except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         what = "Parquet" if _parquet(path) else "CSV"
         raise GalmorphError(f"catalogue {path}: cannot read it as {what} ({one_line(exc)})") from None

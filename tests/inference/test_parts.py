@@ -126,3 +126,12 @@ def test_a_catalogue_of_image_paths_reads_them_like_files(tmp_path, monkeypatch)
     (tmp_path / "x.csv").write_text("name,size\nx,1\n")
     with pytest.raises(GalmorphError, match="no ra or dec column .* or a path column of image files"):
         CatalogueSource(tmp_path / "x.csv", geometry, tmp_path, scale=1, fetch=_no_fetch)
+
+
+def test_a_csv_catalogues_length_is_its_entries_blank_lines_left_out(tmp_path):
+    """predict skips an earlier input's galaxies by its length when it continues: a length that
+    counted blank lines would drop as many galaxies of the next input."""
+    (tmp_path / "g.png").write_bytes(b"")
+    (tmp_path / "list.csv").write_text("path,id\n\ng.png,a\n\n\ng.png,b\n\n")
+    src = CatalogueSource(tmp_path / "list.csv", inputs.Geometry(32), tmp_path / "cache", scale=None, fetch=_no_fetch)
+    assert len(src) == len(list(src)) == 2
