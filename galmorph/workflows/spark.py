@@ -208,27 +208,35 @@ def run(config: PredictConfig, *, progress: bool | None = None) -> Summary:
                             "cutouts are fetched by one process; predict them without --spark")
     # PySpark 4 warns on every call under pandas 3, which these calls were tested with (docs/scale.md)
     warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
+    from pyspark.sql import SparkSession
+
+    own = config.spark != "databricks" and SparkSession.getActiveSession() is None  # stopped here once done
     spark = engine.session(config.spark, "galmorph predict", progress=progress)
-    tasks = _tasks(sources, config.batch_size)
-    cores = spark.sparkContext.defaultParallelism
-    table = spark.sparkContext.parallelize(tasks, max(1, min(len(tasks), PARTITIONS_PER_CORE * cores)))
-    frame = spark.createDataFrame(table, TASK_SCHEMA)
-    errors, present = _accumulators(spark.sparkContext)
-    folder = output.with_name(f".{output.name}.spark-{uuid.uuid4().hex[:12]}")
     try:
-        with tempfile.TemporaryDirectory(prefix="galmorph-spark-") as tmp:
-            with engine.job(config.spark):
-                model_file = _ship_model(spark, uri, Path(tmp))
-            predict = _predictor(model_file, inputs.Geometry(info.image_side, config.crop),
-                                 fits.reader(config.stretch(), len(info.band)), config.tta,
-                                 not config.uncalibrated, errors, present)
-            schema = "source string, id string, ra double, dec double, " + engine.result_type(info)
-            with engine.job(config.spark):
-                frame.mapInPandas(predict, schema).write.parquet(folder.resolve().as_uri())
-        n_ok = _join_parts(folder, output, [c for c in META if c not in present.value])
+        tasks = _tasks(sources, config.batch_size)
+        cores = spark.sparkContext.defaultParallelism
+        table = spark.sparkContext.parallelize(tasks, max(1, min(len(tasks), PARTITIONS_PER_CORE * cores)))
+        frame = spark.createDataFrame(table, TASK_SCHEMA)
+        errors, present = _accumulators(spark.sparkContext)
+        folder = output.with_name(f".{output.name}.spark-{uuid.uuid4().hex[:12]}")
+        try:
+            with tempfile.TemporaryDirectory(prefix="galmorph-spark-") as tmp:
+                with engine.job(config.spark):
+                    model_file = _ship_model(spark, uri, Path(tmp))
+                predict = _predictor(model_file, inputs.Geometry(info.image_side, config.crop),
+                                     fits.reader(config.stretch(), len(info.band)), config.tta,
+                                     not config.uncalibrated, errors, present)
+                schema = "source string, id string, ra double, dec double, " + engine.result_type(info)
+                with engine.job(config.spark):
+                    frame.mapInPandas(predict, schema).write.parquet(folder.resolve().as_uri())
+            n_ok = _join_parts(folder, output, [c for c in META if c not in present.value])
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        errors_file = errors_path(output)
+        _write_errors(errors_file, errors.value)
+        n_failed = len(errors.value)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    errors_file = errors_path(output)
-    _write_errors(errors_file, errors.value)
+        if own:
+            spark.stop()
     done = time.perf_counter()
-    return Summary(n_ok, len(errors.value), output, errors_file, done - started, done - loaded, float("nan"))
+    return Summary(n_ok, n_failed, output, errors_file, done - started, done - loaded, float("nan"))
