@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 
@@ -57,17 +58,18 @@ class Rows:
 
         self.path = Path(path)
         with h5py.File(self.path, "r") as fh:
-            chunks = fh["images"].chunks
+            chunks, native = fh["images"].chunks, int(fh["images"].shape[1])
+        self.native, self.size = native, int(image_size or native)
+        resize.check_size(native, self.size, self.path)  # before anything is held open
         # blocks that are whole chunks are cached here, decoded: HDF5's own chunk cache would
         # only hold a second copy (1 MB by default, the rest of its unaligned chunks)
         aligned = bool(chunks) and 1 < chunks[0] <= WHOLE_SET_ROWS
         self._fh = h5py.File(self.path, "r", **({"rdcc_nbytes": 0} if aligned else {}))
         self._fd = os.open(self.path, os.O_RDONLY)  # to drop the file's pages from the page cache
+        # closed by close(), or when the Rows is collected (a Dataset is dropped without closing it)
+        self._release = weakref.finalize(self, _release, self._fh, self._fd)
         self._ds = self._fh["images"]
-        n, native = self._ds.shape[0], self._ds.shape[1]
-        self.n, self.native = int(n), int(native)
-        self.size = int(image_size or native)
-        resize.check_size(native, self.size, self.path)
+        self.n = int(self._ds.shape[0])
         self.problem = chunking_problem(self.path, self._ds.shape, chunks)
         self.block = int(chunks[0]) if aligned else BLOCK_ROWS
         self.block = min(self.block, self.n)
@@ -125,8 +127,12 @@ class Rows:
     def close(self) -> None:
         with self._lock:
             self._cache.clear()
-            self._fh.close()
-            os.close(self._fd)
+            self._release()
+
+
+def _release(fh, fd: int) -> None:
+    fh.close()
+    os.close(fd)
 
 
 class Images:
