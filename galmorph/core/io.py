@@ -113,3 +113,10 @@ def atomic_write(path: Path, write: Callable, *, text: bool = True, sync: bool =
                 fh.flush()
                 os.fsync(fh.fileno())
     return Path(path)
+
+
+def errors_path(output: Path) -> Path:
+    """The file that lists what an output left out (`source`, `error` rows): <stem>.errors.csv
+    beside it (galmorph predict, galmorph data convert)."""
+    output = Path(output)
+    return output.with_name(output.stem + ".errors.csv")

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from galmorph.core.errors import GalmorphError
-from galmorph.core.io import atomic_path, atomic_write
+from galmorph.core.io import atomic_path, atomic_write, errors_path
 
 FORMAT = "galmorph-predict-parts-1"
 META = ("source", "id", "ra", "dec")
@@ -145,7 +145,7 @@ class Parts:
 
     def _clean(self, output: Path) -> None:
         for tmp in [*self.folder.glob(".*.tmp"), *output.parent.glob(f".{output.name}.*.tmp"),
-                    *output.parent.glob(f".{_errors_name(output)}.*.tmp"),
+                    *output.parent.glob(f".{errors_path(output).name}.*.tmp"),
                     *output.parent.glob(f".{self.folder.name}.*.tmp")]:
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -223,10 +223,6 @@ class Parts:
 
     def remove(self) -> None:
         _remove_tree(self.folder)
-
-
-def _errors_name(output: Path) -> str:
-    return output.stem + ".errors.csv"
 
 
 def _errors_writer(fh):

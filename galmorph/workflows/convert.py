@@ -76,7 +76,8 @@ def run(config: ConvertConfig) -> int:
     if not src.exists():
         raise GalmorphError(f"{src} does not exist; give a folder of images with a labels CSV or a .h5 file")
     plan = _from_h5(src, config) if src.is_file() else _from_folder(src, config)
-    errors_path = out.with_name(out.stem + ".errors.csv")
+    errors_path = io.errors_path(out)
+    errors_path.unlink(missing_ok=True)  # an earlier run's list, not this one's
     if plan.errors:
         import pandas as pd
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from galmorph.config import nested, option
 from galmorph.core.errors import GalmorphError
-from galmorph.core.io import check_writable, ensure_writable_dir
+from galmorph.core.io import check_writable, ensure_writable_dir, errors_path
 from galmorph.data import augment
 from galmorph.core.paths import cache_dir
 from galmorph.data.nair2010.params import PrepareConfig
@@ -123,9 +123,6 @@ class Summary:
         return 1 if self.n_failed else 0
 
 
-def errors_path(output: Path) -> Path:
-    output = Path(output)
-    return output.with_name(output.stem + ".errors.csv")
 
 
 def _fetcher(config: PredictConfig, progress: bool):
