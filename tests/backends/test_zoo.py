@@ -67,7 +67,13 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def probes():
-    return {"keras": _backend_probe("keras"), "torch": _backend_probe("torch"), "timm": _timm_counts()}
+    """The three probes are separate processes of one thread each: run side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:
+        running = {"keras": pool.submit(_backend_probe, "keras"), "torch": pool.submit(_backend_probe, "torch"),
+                   "timm": pool.submit(_timm_counts)}
+        return {key: future.result() for key, future in running.items()}
 
 
 @pytest.mark.slow
