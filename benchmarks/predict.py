@@ -87,6 +87,11 @@ def model_rate(run_id: str, folder: Path, batch_size: int, repeats: int) -> floa
     model = load(run_id)
     geometry = inputs.Geometry(model.info.image_side)
     images = np.stack([inputs.read_image(p, geometry) for p in sorted(folder.glob("*.jpg"))])
+    return best_rate(model, images, batch_size, repeats)
+
+
+def best_rate(model, images: np.ndarray, batch_size: int, repeats: int) -> float:
+    """images/s of `model.predict` over `images` in batches, after a warm-up: the best of `repeats`."""
     model.predict(images[:batch_size])  # warm-up
     best = 0.0
     for _ in range(repeats):
@@ -165,20 +170,17 @@ def build_survey(data: Path, path: Path, n: int) -> None:
 
 
 RATE = """
-import json, sys, time
+import importlib.util, json, sys
 import h5py
 from galmorph.inference.model import load
 run_id, h5, batch_size, repeats, rows = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+spec = importlib.util.spec_from_file_location("predict_benchmark", sys.argv[6])  # this file, for best_rate
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
 model = load(run_id)
 with h5py.File(h5) as f:
     images = f["images"][:rows]
-model.predict(images[:batch_size])  # warm-up
-best = 0.0
-for _ in range(repeats):
-    t0 = time.perf_counter()
-    for start in range(0, len(images), batch_size):
-        model.predict(images[start:start + batch_size])
-    best = max(best, len(images) / (time.perf_counter() - t0))
+best = bench.best_rate(model, images, batch_size, repeats)
 print('SUMMARY' + json.dumps({'img_s': best, 'n': len(images), 'peak_rss_mb': PEAK_RSS_MB()}))
 """
 
@@ -186,7 +188,8 @@ print('SUMMARY' + json.dumps({'img_s': best, 'n': len(images), 'peak_rss_mb': PE
 def in_memory_rate(run_id: str, h5: Path, batch_size: int, repeats: int, rows: int = 8192) -> dict:
     """LoadedModel.predict on the file's first rows, read into memory beforehand, in a fresh
     process like the command's: images/s (best of `repeats`) and that process's peak RSS."""
-    got = child([PEAK + RATE, run_id, str(h5), str(batch_size), str(repeats), str(rows)], h5.with_name("rate"))
+    got = child([PEAK + RATE, run_id, str(h5), str(batch_size), str(repeats), str(rows), str(Path(__file__).resolve())],
+                h5.with_name("rate"))
     if got["code"] != 0:
         raise SystemExit(f"the model's rate failed:\n{got['stderr'][-3000:]}")
     summary = got["summary"]
