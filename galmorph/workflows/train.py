@@ -251,11 +251,17 @@ def _evaluate(config, backend, model, prepared, reporter):
                           calibration.apply_temperature(val_proba, temperature),
                           calibration.apply_temperature(proba, temperature), data.class_names, final)
     if config.tta != "false":  # test_tta_* over the 40 views, test_tta_dihedral_* over the 8
-        tta = augment.view_mean(lambda batches: backend.predict_proba(model, batches), maker, split.test,
-                                config.eval_batch_size, config.tta)
-        tta_report = metrics.evaluate(labels[split.test], tta, data.class_names)
+        k = len(data.class_names)  # one pass over the views: each view's raw and calibrated probabilities
+        both = augment.view_mean(lambda batches: backend.predict_proba(model, batches), maker, split.test,
+                                 config.eval_batch_size, config.tta,
+                                 lambda p: np.concatenate([p, calibration.apply_temperature(p, temperature)], axis=1))
+        tta_report = metrics.evaluate(labels[split.test], both[:, :k], data.class_names)
+        # test_tta_decision_*: what `galmorph predict --tta` of the logged model answers (the
+        # temperature on each view, the mean, then the decision rule chosen on validation)
+        served = metrics.evaluate(labels[split.test], decision.reweighted(both[:, k:], rule.weights), data.class_names)
         prefix = "test_tta_" if config.tta == "true" else f"test_tta_{config.tta}_"
-        final.update({f"{prefix}{k}": tta_report[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")})
+        for name, found in ((prefix, tta_report), (f"{prefix}decision_", served)):
+            final.update({f"{name}{m}": found[m] for m in ("accuracy", "balanced_accuracy", "macro_f1")})
     final.update(reporter.timing())
     final.update({"test_inference_images_per_s": split.test.size / max(eval_time, 1e-9),
                   "peak_host_memory_mb": system.peak_rss_mb(), **backend.device_stats()})

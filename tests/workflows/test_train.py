@@ -16,7 +16,7 @@ from galmorph.config import TrainConfig
 
 ENTRY_POINTS = {"c1_keras": ("c1", "keras"), "c2_keras": ("c2", "keras"),
                 "c1_torch": ("c1", "torch"), "c2_torch": ("c2", "torch")}
-TINY = {"dataset": "synthetic", "synthetic_n": 160, "epochs": 1, "batch_size": 32, "seed": 3}
+TINY = {"dataset": "synthetic", "synthetic_n": 160, "epochs": 1, "batch_size": 32, "seed": 3, "tta": "dihedral"}
 PER_EPOCH = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_time_s", "train_images_per_s")
 FINAL = ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_log_loss", "first_epoch_time_s",
          "test_ece", "test_ece_uncalibrated", "test_log_loss_uncalibrated", "temperature",
@@ -122,6 +122,10 @@ calibrated = model.predict(x).proba
 table = model.pyfunc.predict(x[:3], params={{"tta": True}})
 dihedral = model.pyfunc.predict(x[:3], params={{"tta": True, "tta_views": "dihedral"}})
 by_hand = model.predict(x[:3], tta="dihedral").proba
+from galmorph.core import decision, metrics
+test = np.asarray(prep.split.test)
+served = model.predict(prep.data.images[test], tta="dihedral")  # what `galmorph predict --tta dihedral` answers
+served = metrics.evaluate(prep.data.labels[test], decision.reweighted(served.proba, served.weights), prep.data.class_names)
 same = load("runs:/{run.info.run_id}/model").predict(x[:2], calibrated=False).proba
 try:
     model.predict(x[:, :60, :60])
@@ -137,6 +141,7 @@ print(json.dumps({{"raw": float(np.abs(raw - want).max()),
     "dihedral": float(np.abs(dihedral[[c for c in dihedral.columns if c.startswith("p_")]].to_numpy() - by_hand).max()),
     "dihedral_vs_40": float(np.abs(dihedral[[c for c in dihedral.columns if c.startswith("p_")]].to_numpy()
                                    - table[[c for c in table.columns if c.startswith("p_")]].to_numpy()).max()),
+    "served": [served["accuracy"], served["balanced_accuracy"]],
     "info": {{k: v for k, v in vars(model.info).items()}}, "wrong_side": wrong_side,
     "input": sig.inputs.to_dict(), "params": sig.params.to_dict(),
     "example": list(np.asarray(meta.load_input_example(mlflow.artifacts.download_artifacts(model.uri))).shape)}}))
@@ -149,6 +154,9 @@ print(json.dumps({{"raw": float(np.abs(raw - want).max()),
     assert result["columns"] == ["p_E", "p_S0", "p_Sp", "p_Irr", "predicted", "confidence"]
     assert result["tta_sums"] == pytest.approx([1.0] * 3, abs=1e-6)
     assert result["dihedral"] < 1e-9 and result["dihedral_vs_40"] > 0  # the 8 views, not the 40
+    # the run's test_tta_dihedral_decision_* are the served model's answers over the 8 views
+    assert result["served"] == pytest.approx([run.data.metrics["test_tta_dihedral_decision_accuracy"],
+                                              run.data.metrics["test_tta_dihedral_decision_balanced_accuracy"]])
     info = result["info"]
     assert info["temperature"] == pytest.approx(run.data.metrics["temperature"])
     assert (info["class_names"], info["image_side"], info["band"], info["kind"], info["run_id"]) == (
