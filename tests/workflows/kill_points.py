@@ -15,7 +15,7 @@ operations (galmorph.core.checkpoints.after_file_op), then, for each of them, tr
 (renamed aside first, no reader looks into it): tests/core/test_checkpoints.py kills there.
 Every run goes to the experiment named in TRAIN_ARGS. The runs are children forked from this
 process, which imports what the reference run imported (and runs nothing of it) before the next
-forks, so that each does not import it again. REPORT.json gets the reference run, the
+forks, so that each does not import it again; the killed runs, then their resumes, run two at a time. REPORT.json gets the reference run, the
 operations, and per kill point the run, the resume's exit code and its stderr.
 """
 
@@ -64,8 +64,10 @@ def inside_removed(op: str, name: str) -> bool:
     return op == "remove" and not name.endswith(checkpoints.TMP_SUFFIX)
 
 
-def _forked(work, *args) -> int:
-    """Run work(*args) in a forked child; its exit status (negative: the signal that ended it)."""
+def _start(work, *args) -> int:
+    """Run work(*args) in a forked child; its pid."""
+    sys.stdout.flush()
+    sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
         code = 70
@@ -75,8 +77,29 @@ def _forked(work, *args) -> int:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    return pid
+
+
+def _forked(work, *args) -> int:
+    """Run work(*args) in a forked child; its exit status (negative: the signal that ended it)."""
+    _, status = os.waitpid(_start(work, *args), 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def _forked_in_pairs(jobs: list[tuple]) -> list[int]:
+    """Run each (work, *args) of `jobs` in a forked child, two at a time (each run is one
+    thread); their exit statuses, in order."""
+    codes: list[int] = [0] * len(jobs)
+    running: dict[int, int] = {}
+    for i, (work, *args) in enumerate(jobs):
+        while len(running) >= 2:
+            pid, status = os.wait()
+            codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+        running[_start(work, *args)] = i
+    while running:
+        pid, status = os.wait()
+        codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+    return codes
 
 
 def _reference(args: list[str], out: Path) -> int:
@@ -112,13 +135,11 @@ def _killed(args: list[str], k: int, out: Path) -> int:
     return cli.main([*args, "--run-name", f"killed-{k}"])
 
 
-def _resume_all(points: list[dict], out: Path) -> int:
-    for point in points:
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err):
-            point["resume_code"] = cli.main(["train", "--resume", point["run_id"], "--quiet", "true"])
-        point["resume_stderr"] = err.getvalue()
-    out.write_text(json.dumps(points))
+def _resume(run_id: str, out: Path) -> int:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(["train", "--resume", run_id, "--quiet", "true"])
+    out.write_text(json.dumps({"resume_code": code, "resume_stderr": err.getvalue()}))
     return 0
 
 
@@ -132,21 +153,19 @@ def every(report: Path, args: list[str]) -> int:
         reference = json.loads(ops_file.read_text())
         ops = reference["ops"]
         _import_all(reference["modules"])
-        points = []
-        for k in range(1, len(ops) + 1):
-            if inside_removed(*ops[k - 1][:2]):
-                continue
-            out = Path(tmp) / f"killed-{k}.json"
-            code = _forked(_killed, args, k, out)
+        ks = [k for k in range(1, len(ops) + 1) if not inside_removed(*ops[k - 1][:2])]
+        codes = _forked_in_pairs([(_killed, args, k, Path(tmp) / f"killed-{k}.json") for k in ks])
+        for k, code in zip(ks, codes):
             if code != -signal.SIGKILL:
                 raise SystemExit(f"the run to be killed after operation {k} ({ops[k - 1]}) exited {code}")
-            points.append({"k": k, **json.loads(out.read_text())})
-        resumed = Path(tmp) / "resumed.json"
-        code = _forked(_resume_all, points, resumed)
-        if code != 0:
-            raise SystemExit(f"the resuming process exited {code}")
-        report.write_text(json.dumps({"reference": ops[0][2], "ops": [op[:2] for op in ops],
-                                      "points": json.loads(resumed.read_text())}, indent=1))
+        points = [{"k": k, **json.loads((Path(tmp) / f"killed-{k}.json").read_text())} for k in ks]
+        codes = _forked_in_pairs([(_resume, p["run_id"], Path(tmp) / f"resumed-{p['k']}.json") for p in points])
+        for point, code in zip(points, codes):
+            if code != 0:
+                raise SystemExit(f"the process resuming {point['run_id']} exited {code}")
+            point.update(json.loads((Path(tmp) / f"resumed-{point['k']}.json").read_text()))
+        report.write_text(json.dumps({"reference": ops[0][2], "ops": [op[:2] for op in ops], "points": points},
+                                     indent=1))
     return 0
 
 
