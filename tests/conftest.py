@@ -146,6 +146,40 @@ def small_h5(tmp_path):
     return make_h5(tmp_path / "small.h5")
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """(run id, the training .h5 file, tmp folder, tracking URI) of a tiny logged torch model
+    (1 epoch, width 0.25, 48 px), trained once for the predict tests (test_predict.py,
+    test_predict_scale.py)."""
+    import mlflow
+
+    from galmorph.config import TrainConfig
+    from galmorph.workflows import train
+
+    tmp = tmp_path_factory.mktemp("predict")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    h5 = make_h5(tmp / "train.h5", n=60, size=48, n_classes=3, id=np.arange(1000, 1060))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        started = []
+        train.run(TrainConfig(dataset=str(h5), backend="torch", model="c2", width=0.25, dense_units=16, epochs=1,
+                              batch_size=16, threads=1, quiet=True, experiment="predict", augment="none"),
+                  started=started.append)
+    return started[0], h5, tmp, uri
+
+
+@pytest.fixture
+def env(trained, monkeypatch):
+    """`trained`, with its store as the tracking URI."""
+    import mlflow
+
+    run_id, h5, tmp, uri = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    return trained
+
+
 def wait_for(condition, timeout: float, what: str):
     """Poll `condition` (it may fail the test itself) until it returns something truthy; fail
     after `timeout` seconds. The pause between polls only spaces out the queries."""

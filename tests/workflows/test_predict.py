@@ -20,37 +20,6 @@ PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(run id, the training .h5 file, tmp folder, tracking URI) of a tiny logged torch model."""
-    import mlflow
-
-    from galmorph.config import TrainConfig
-    from galmorph.workflows import train
-
-    tmp = tmp_path_factory.mktemp("predict")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    h5 = make_h5(tmp / "train.h5", n=60, size=48, n_classes=3, id=np.arange(1000, 1060))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        started = []
-        train.run(TrainConfig(dataset=str(h5), backend="torch", model="c2", width=0.25, dense_units=16, epochs=1,
-                              batch_size=16, threads=1, quiet=True, experiment="predict", augment="none"),
-                  started=started.append)
-    return started[0], h5, tmp, uri
-
-
-@pytest.fixture
-def env(trained, monkeypatch):
-    import mlflow
-
-    run_id, h5, tmp, uri = trained
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    return trained
-
-
 def _rows(path):
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))

@@ -2,7 +2,7 @@
 continues. A run SIGKILLed just after a part is in place, rerun, writes the same file byte for
 byte as an uninterrupted run; parts of another prediction are refused in one line; Parquet
 catalogues and Parquet output give what the CSV ones give. The tiny torch model of
-test_predict.py (its `trained` fixture)."""
+test_predict.py (the `trained` fixture of conftest.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from conftest import REPO, child_env, make_h5
 from skyserver import DEC, RA
-from test_predict import env, trained  # noqa: F401  (fixtures)
 
 from galmorph import cli
 from galmorph.inference import parts
