@@ -18,6 +18,7 @@ import yaml
 
 from galmorph.config import TrainConfig, settings_of
 from galmorph.data.nair2010 import PrepareConfig
+from galmorph.workflows.convert import ConvertConfig
 from galmorph.workflows.explain import ExplainConfig
 from galmorph.workflows.hierarchy import HierarchyConfig
 from galmorph.workflows.multiseed import MultiseedConfig
@@ -58,6 +59,9 @@ ENTRY_POINTS = [
                comment="The best trial of a study on train+validation, tested once (RetrainConfig)."),
     EntryPoint("prepare_nair2010", "data prepare nair2010", PrepareConfig, {"quiet": None},
                "The Nair & Abraham 2010 sample, prepared once (resumable) and logged as a run of its own."),
+    EntryPoint("data_convert", "data convert", ConvertConfig, positional=("source",),
+               comment="A folder of images + labels CSV, or an .h5, rewritten as a chunked, compressed "
+               "Galaxy10-format file for --stream (resumable; docs/scale.md)."),
     EntryPoint("multiseed", "multiseed", MultiseedConfig,
                comment="One training configuration over N seeds: nested runs, <metric>_mean and _std on the parent. "
                "seeds: a count (3 = seeds seed..seed+2) or a list (0,1,2)."),

@@ -110,3 +110,22 @@ def test_bad_chunking_of_a_copy_is_fixed(tmp_path, capsys):
     capsys.readouterr()
     registry.load(str(out), stream_images="true")
     assert capsys.readouterr().err == ""  # no chunking warning
+
+
+def test_the_mlproject_entry_point_converts(tmp_path):
+    """`mlflow run . -e data_convert` rewrites a one-row-chunked file as `galmorph data convert` does."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, child_env
+
+    src = make_h5(tmp_path / "one.h5", n=20, size=32, chunk_rows=1)
+    out = tmp_path / "out.h5"
+    proc = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "data_convert", "--env-manager",
+                           "local", "-P", f"source={src}", "-P", f"output={out}", "-P", "chunk_rows=8", "-P",
+                           "quiet=true"], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env=child_env({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with h5py.File(out) as fh:
+        assert fh["images"].chunks == (8, 32, 32, 3)
+    assert registry.load(str(out)).digest() == registry.load(str(src)).digest()

@@ -7,6 +7,7 @@ import yaml
 from conftest import REPO, check_entry_point
 
 from galmorph.data.nair2010 import PrepareConfig
+from galmorph.workflows.convert import ConvertConfig
 from galmorph.workflows.explain import ExplainConfig
 from galmorph.workflows.hierarchy import HierarchyConfig
 from galmorph.workflows.multiseed import MultiseedConfig
@@ -25,6 +26,10 @@ def test_every_entry_point_exposes_its_config_with_the_same_defaults():
                             ("pairs", MultiseedConfig, ()), ("hierarchical", HierarchyConfig, ()),
                             ("report", ReportConfig, ()), ("explain", ExplainConfig, ())):
         check_entry_point(eps[name], cls, skip)
+    convert = eps["data_convert"]
+    check_entry_point({**convert, "parameters": {k: v for k, v in convert["parameters"].items() if k != "source"}},
+                      ConvertConfig, ("source",))
+    assert convert["command"].startswith("python -m galmorph data convert {source} --output {output}")
     predict = eps["predict"]
     check_entry_point({**predict, "parameters": {k: v for k, v in predict["parameters"].items()
                                                  if k not in ("model", "inputs")}}, PredictConfig, ("model", "inputs"))
