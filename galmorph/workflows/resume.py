@@ -59,6 +59,9 @@ def resolve(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, checkpoi
     if config.init_from:
         raise GalmorphError(f"--resume {run_id} continues a run from its own checkpoint; --init-from "
                             f"{config.init_from} starts a new one: pass one of them")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of several processes a launcher (torchrun) started
+        raise GalmorphError(f"resume runs in one process, not under torchrun: run `galmorph train --resume {run_id}` "
+                            "alone (a data-parallel run continues on its global batch)")
     if config.devices > 1:
         raise GalmorphError("resume trains on one device; drop --devices")
     tracking.check_store()

@@ -152,6 +152,8 @@ CASES = [
     ("retrain-register-alias", ["retrain", "--study-name", "s", "--register-as", "c2", "--alias", "v1"], {},
      "Version alias name 'v1' is reserved"),
     ("resume-unknown-run", ["train", "--resume", "0123456789abcdef0123456789abcdef"], {}, "no MLflow run"),
+    ("resume-under-torchrun", ["train", "--resume", "0123456789abcdef0123456789abcdef"],
+     {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}, "resume runs in one process"),
     ("resume-and-init-from", ["train", "--resume", "0123456789abcdef0123456789abcdef", "--init-from", "abc"], {},
      "pass one of them"),
     ("multiseed-resume", ["multiseed", "--resume", "0123456789abcdef0123456789abcdef"], {},
