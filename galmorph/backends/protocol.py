@@ -83,6 +83,10 @@ class Backend(Protocol):
     def launch(self, argv: list[str], devices: int) -> dict | None:
         """Start a multi-process run and return rank 0's metrics, or None to train in this process."""
 
+    def agree(self, value: Any, devices: int) -> Any:
+        """Rank 0's `value` in every process of a data-parallel run that a launcher started
+        (joining its process group first); `value` itself in a process that trains alone."""
+
     def finish(self, metrics: dict) -> None:
         """End of a run in this process."""
 

@@ -47,7 +47,7 @@ def run(config: TrainConfig, *, prepared: Prepared | None = None, trial=None, ne
         # a data-parallel run (one node or several) continues in one process, on the same global batch
         config = config.replace(devices=1)
         _hand_over_launcher_run(resumed.run_id)  # before configure, which reads MLFLOW_RUN_ID
-    launched = _data_parallel(config)
+    launched, config = _data_parallel(config)
     if launched is not None:
         return launched
     problem = tracking.validated(lambda: (presets.check_name(config.preset), check_data_settings(config.validate())))
@@ -292,18 +292,20 @@ def _replica_params(info: dict) -> dict:
             **{f"rank{r['rank']}_{k}": r[k] for r in replicas for k in ("host", "node")}}
 
 
-def _data_parallel(config: TrainConfig) -> dict | None:
+def _data_parallel(config: TrainConfig) -> tuple[dict | None, TrainConfig]:
     """Multi-process data-parallel runs (PyTorch under torchrun; Keras needs none).
 
     In the launching process: start the replicas and return rank 0's metrics. In a replica
     other than rank 0: train in step with rank 0 without any tracking, return {}. Rank 0
-    (and every single-process run) gets None and runs the tracked path. A process that a
-    launcher started as one of several (WORLD_SIZE, e.g. the user's torchrun over several
+    (and every single-process run) gets None and runs the tracked path. Returned with the
+    config to train: `--stream auto` decided once for all processes (by the launching
+    process, or by rank 0 of the user's torchrun, whose decision every rank takes). A process
+    that a launcher started as one of several (WORLD_SIZE, e.g. the user's torchrun over several
     nodes) goes to the backend even with devices=1, which refuses a devices/world mismatch
     before any MLflow call: no rank opens a second run.
     """
     if config.devices <= 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
+        return None, config
 
     config.validate()
     backend = backends.get(config.backend)
@@ -311,8 +313,11 @@ def _data_parallel(config: TrainConfig) -> dict | None:
         tracking.check_store()
         config = with_stream_decided(config)  # the replicas are told, not left to decide each on its own
     metrics = backend.launch(config.to_argv(), config.devices)
+    if metrics is None and config.stream == "auto":  # the user's torchrun: rank 0 decides for every rank
+        decided = with_stream_decided(config).stream if backend.replica()[0] == 0 else None
+        config = config.replace(stream=backend.agree(decided, config.devices))
     if metrics is not None or backend.replica()[0] == 0:
-        return metrics
+        return metrics, config
     prepared = prepare(config)
     data, split = prepared.data, prepared.split
     spec = specs.resolve(config.model, prepared.maker.input_shape, len(data.class_names), **config.arch_kwargs())
@@ -322,7 +327,7 @@ def _data_parallel(config: TrainConfig) -> dict | None:
     reporter = training.EpochReporter(data.labels[split.val], patience=config.patience)
     backend.fit(model, train_stream(config, prepared), lambda: iter(()), hyper, reporter)
     backend.finish({})
-    return {}
+    return {}, config
 
 
 def _log_dataset(mlflow, data: registry.Dataset, digest: str) -> None:

@@ -166,3 +166,15 @@ def test_a_failed_replica_under_galmorphs_own_torchrun_is_its_error_line_not_tor
     assert all(ln.startswith("galmorph: ") for ln in lines), proc.stderr[-4000:]
     assert any("too small for c2" in ln for ln in lines[:-1]), lines
     assert lines[-1] == "galmorph: error: data-parallel training failed: one of its 2 processes ended with exit status 2"
+
+
+def test_the_ranks_take_rank_0s_stream_decision(tmp_path):
+    """Under the user's torchrun each rank would decide `--stream auto` on its own node's free
+    memory; `agree` (what train does with that decision) gives every rank rank 0's value."""
+    script = tmp_path / "agree.py"
+    script.write_text("import os\nfrom galmorph import backends\n"
+                      "print('AGREED', backends.get('torch').agree('rank' + os.environ['RANK'], 2))\n")
+    nodes = _two_nodes(tmp_path, [], script=[str(script)])
+    for node, (code, out) in enumerate(nodes):
+        assert code == 0, f"node {node}: {out[-4000:]}"
+        assert [ln for ln in out.splitlines() if ln.startswith("AGREED")] == ["AGREED rank0"], out[-2000:]

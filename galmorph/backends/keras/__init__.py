@@ -21,10 +21,10 @@ if _LEVEL >= 2:  # TensorFlow's and Keras's Python-side absl messages alike
 
     absl.logging.set_verbosity(absl.logging.ERROR)
 
-from galmorph.backends.keras.device import finish, launch, replica, resolved, setup  # noqa: E402
+from galmorph.backends.keras.device import agree, finish, launch, replica, resolved, setup  # noqa: E402
 from galmorph.backends.keras.model import build, count_params, load_network, load_weights, save_network  # noqa: E402
 from galmorph.backends.keras.train import device_stats, fit, predict_proba, restore_state, save_state, step_rate  # noqa: E402
 
 NAME = "keras"
-__all__ = ["NAME", "build", "count_params", "device_stats", "finish", "fit", "launch", "load_network", "load_weights",
+__all__ = ["NAME", "agree", "build", "count_params", "device_stats", "finish", "fit", "launch", "load_network", "load_weights",
            "predict_proba", "replica", "resolved", "restore_state", "save_network", "save_state", "setup", "step_rate"]

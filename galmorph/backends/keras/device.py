@@ -110,6 +110,11 @@ def replica() -> tuple[int, int]:
     return 0, 1
 
 
+def agree(value, devices: int):
+    """`value`: Keras trains from one process (launch refuses a launcher's processes)."""
+    return value
+
+
 def launch(argv: list[str], devices: int) -> dict | None:
     """Keras needs no launcher (MirroredStrategy runs in this process): always None. A process
     that a launcher (torchrun) started as one of several is refused: Keras does not train

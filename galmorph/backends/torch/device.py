@@ -69,6 +69,11 @@ def launch(argv: list[str], devices: int) -> dict | None:
     return distributed.launch(argv, devices)
 
 
+def agree(value, devices: int):
+    """Rank 0's `value` on every rank under torchrun (galmorph.backends.protocol)."""
+    return distributed.agree(value, devices)
+
+
 def finish(metrics: dict) -> None:
     """End of a run in this process: hand rank 0's metrics to the launcher, leave the group."""
     distributed.write_result(metrics)

@@ -86,6 +86,17 @@ def check_world(devices: int) -> None:
                             "counts the processes of all nodes together")
 
 
+def agree(value, devices: int):
+    """Rank 0's `value` on every rank of a data-parallel run under torchrun (the group joined
+    first); `value` itself outside one."""
+    init(devices)
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def replicas() -> list[dict]:
     """Every rank's {rank, node, local_rank, host} in a data-parallel run; [] otherwise."""
     return list(_REPLICAS) if active() else []
