@@ -15,6 +15,7 @@ import numpy as np
 from galmorph import backends, presets, tracking
 from galmorph.config import TrainConfig
 from galmorph.core import calibration, checkpoints, decision, metrics, progress, specs, system, training
+from galmorph.core.errors import GalmorphError
 from galmorph.data import augment, registry
 from galmorph.tracking import artifacts, liveness, model_registry, tags
 from galmorph.tracking import figures as plots
@@ -309,13 +310,13 @@ def _data_parallel(config: TrainConfig) -> tuple[dict | None, TrainConfig]:
 
     config.validate()
     backend = backends.get(config.backend)
+    told = config
     if backend.replica()[1] == 1:  # the launching process: a broken store fails here, not in every replica
         tracking.check_store()
-        config = with_stream_decided(config)  # the replicas are told, not left to decide each on its own
-    metrics = backend.launch(config.to_argv(), config.devices)
-    if metrics is None and config.stream == "auto":  # the user's torchrun: rank 0 decides for every rank
-        decided = with_stream_decided(config).stream if backend.replica()[0] == 0 else None
-        config = config.replace(stream=backend.agree(decided, config.devices))
+        told = with_stream_decided(config)  # the replicas are told, not left to decide each on its own
+    metrics = backend.launch(told.to_argv(), config.devices)
+    if metrics is None and config.stream == "auto" and backend.replica()[1] > 1:  # the user's torchrun
+        config = config.replace(stream=_rank0_stream_decision(backend, config))
     if metrics is not None or backend.replica()[0] == 0:
         return metrics, config
     prepared = prepare(config)
@@ -328,6 +329,21 @@ def _data_parallel(config: TrainConfig) -> tuple[dict | None, TrainConfig]:
     backend.fit(model, train_stream(config, prepared), lambda: iter(()), hyper, reporter)
     backend.finish({})
     return {}, config
+
+
+def _rank0_stream_decision(backend, config: TrainConfig) -> str:
+    """`--stream auto` as rank 0 decides it, on every rank; rank 0's refusal (a dataset that
+    cannot be found, say) raised on every rank alike, not left as a broken collective."""
+    found = None
+    if backend.replica()[0] == 0:
+        try:
+            found = ("ok", with_stream_decided(config).stream)
+        except GalmorphError as exc:
+            found = ("error", str(exc))
+    kind, value = backend.agree(found, config.devices)
+    if kind == "error":
+        raise GalmorphError(value)
+    return value
 
 
 def _log_dataset(mlflow, data: registry.Dataset, digest: str) -> None:

@@ -112,6 +112,7 @@ def test_bad_chunking_of_a_copy_is_fixed(tmp_path, capsys):
     assert capsys.readouterr().err == ""  # no chunking warning
 
 
+@pytest.mark.slow
 def test_the_mlproject_entry_point_converts(tmp_path):
     """`mlflow run . -e data_convert` rewrites a one-row-chunked file as `galmorph data convert` does."""
     import subprocess

@@ -213,11 +213,13 @@ STORES = {"explain-artifacts-under-file": "artifacts.db", "train-artifacts-under
 
 # Runs the cases of a JSON file (argv, env, cwd, out and err file names), two at a time, each
 # as `python -m galmorph` in a fork of this process; writes {name: exit status} to argv[2].
+# (`python -m galmorph` itself, started fresh, is what every other command-line test runs.)
 FORKSERVER = r"""
-import json, os, runpy, sys
+import json, os, runpy, signal, sys
 import galmorph.cli, mlflow, mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (once, for every case)
 
 def case(c):
+    signal.alarm(300)  # a case that hangs ends by SIGALRM (exit status -14), under its own name
     os.chdir(c["cwd"])
     os.environ.clear()
     os.environ.update(c["env"])

@@ -93,13 +93,19 @@ def _forked_in_pairs(jobs: list[tuple]) -> list[int]:
     running: dict[int, int] = {}
     for i, (work, *args) in enumerate(jobs):
         while len(running) >= 2:
-            pid, status = os.wait()
-            codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+            _reap(running, codes)
         running[_start(work, *args)] = i
     while running:
-        pid, status = os.wait()
-        codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+        _reap(running, codes)
     return codes
+
+
+def _reap(running: dict[int, int], codes: list[int]) -> None:
+    """Wait for one of the `running` children (pid -> job) and record its exit status; a
+    child of something else this process imported is reaped and passed over."""
+    pid, status = os.wait()
+    if pid in running:
+        codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
 
 
 def _reference(args: list[str], out: Path) -> int:

@@ -178,3 +178,17 @@ def test_the_ranks_take_rank_0s_stream_decision(tmp_path):
     for node, (code, out) in enumerate(nodes):
         assert code == 0, f"node {node}: {out[-4000:]}"
         assert [ln for ln in out.splitlines() if ln.startswith("AGREED")] == ["AGREED rank0"], out[-2000:]
+
+
+def test_rank_0s_refusal_of_the_data_is_every_ranks_one_line(tmp_path, monkeypatch):
+    """Rank 0 decides `--stream auto` while the others wait for its decision: a dataset it
+    cannot find is the same one line on every node (not a broken collective on the others)."""
+    store = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    nodes = _two_nodes(tmp_path, [*TRAIN, "--dataset", str(tmp_path / "missing.h5"), "--devices", "2",
+                                  "--experiment", "nodes"])
+    for node, (code, out) in enumerate(nodes):
+        errors = [line for line in out.splitlines() if line.startswith("galmorph: error:")]
+        assert code != 0 and len(errors) == 1 and "missing.h5" in errors[0], f"node {node}: {out[-3000:]}"
+        assert "exitcode  : 2" in out and "DistNetworkError" not in out, f"node {node}: {out[-3000:]}"
+    assert not store.exists()

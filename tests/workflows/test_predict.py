@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, child_env, make_h5, wait_for
+from conftest import REPO, child_env, wait_for
 from skyserver import DEC, RA
 
 from galmorph import cli
