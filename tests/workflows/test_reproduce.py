@@ -552,4 +552,4 @@ def test_prepare_nair2010_is_a_run_then_a_pair_trains_on_it(server, tmp_path):  
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (train,) = client.search_runs([client.get_experiment_by_name("prep").experiment_id], "tags.scheme = '4way:S0-vs-Sp'")
-    assert train.data.params["input_shape"] == "100x100x1" and train.data.params["class_names"] == "S0,Sp"
+    assert train.data.params["input_shape"] == "100x100x3" and train.data.params["class_names"] == "S0,Sp"  # gri

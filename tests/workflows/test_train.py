@@ -78,7 +78,7 @@ def test_entry_point_records_everything(smoke, entry_point):
     for key in ("dataset_digest", "scheme_resolved", "band", "val_fraction", "seed", "version_mlflow", "device",
                 "device_name", "n_train", "learning_rate", "input_shape"):
         assert key in params, key
-    assert params["input_shape"] == "63x63x1"
+    assert params["input_shape"] == "63x63x3"  # the recommended preset: band gri
     for key in PER_EPOCH:
         assert len(client.get_metric_history(run.info.run_id, key)) == 1, key
     for key in FINAL:
@@ -160,7 +160,7 @@ print(json.dumps({{"raw": float(np.abs(raw - want).max()),
     info = result["info"]
     assert info["temperature"] == pytest.approx(run.data.metrics["temperature"])
     assert (info["class_names"], info["image_side"], info["band"], info["kind"], info["run_id"]) == (
-        ["E", "S0", "Sp", "Irr"], 69, "g", "single", run.info.run_id)
+        ["E", "S0", "Sp", "Irr"], 69, "gri", "single", run.info.run_id)
     assert info["pixel_scale"] == pytest.approx(1.188, abs=1e-3) and info["network"] == ENTRY_POINTS[entry_point][0]
     assert "69x69" in result["wrong_side"]
     assert result["input"] == [{"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, 69, 69, 3]}}]

@@ -35,6 +35,8 @@ def test_trial_zero_of_the_real_spaces_is_the_base_configuration(preset, model):
     params, unexpressed = baseline(space, base)
     if preset == "paper":  # outside the spaces' choices: not suggested, kept from base
         assert unexpressed == {"batch_size": 400, "augment": "paper40"}
+    elif preset == "recommended":
+        assert unexpressed == {"augment": "rotate"}
     else:
         assert unexpressed == {}
     study = optuna.create_study(direction="maximize")
