@@ -122,7 +122,8 @@ BAD = [
                              "resnet18, resnet50"),
     (["--model", "resnet18", "--image-size", "32"], "input 29x29 is too small for resnet18, which needs at least 32x32"),
     (["--model", "resnet18", "--width", "2"], "width and dense_units apply to c1 and c2"),
-    (["--model", "resnet18", "--pretrained", "imagenet"], "pretrained imagenet weights take 3 bands and band g is 1"),
+    (["--model", "resnet18", "--pretrained", "imagenet", "--band", "g"],
+     "pretrained imagenet weights take 3 bands and band g is 1"),
     (["--model", "c2", "--pretrained", "imagenet"], "pretrained imagenet applies to the zoo networks"),
     (["--model", "convnext_nano", "--backend", "keras", "--pretrained", "imagenet", "--band", "gri"],
      "the keras zoo has no ImageNet weights for convnext_nano"),
@@ -270,7 +271,7 @@ def test_resnet18_trains_through_mlflow_run_then_predicts_and_explains(zoo_runs,
     assert run.data.params["augment"] == "rotate"
     assert run.data.params["zoo_builder"] == {"torch": "timm.create_model resnet18",
                                               "keras": "keras_hub.models ResNetBackbone"}[backend]
-    assert run.data.metrics["trainable_params"] == 11_172_805 - 513  # timm's count, 4 classes
+    assert run.data.metrics["trainable_params"] == 11_178_564  # timm's count: 3 bands (the preset's gri), 4 classes
     assert predict.returncode == 0, predict.stderr[-2000:]
     table = pd.read_csv(out)
     assert len(table) == 12 and abs(table.filter(like="p_").sum(axis=1) - 1).max() < 1e-6

@@ -149,7 +149,7 @@ def test_fine_tuning_starts_from_the_source_weights(ft):
 
 
 @pytest.mark.parametrize("case, expected", [
-    ("classes", "this run builds c2 (63x63x1 -> 5 classes"),
+    ("classes", "this run builds c2 (63x63x3 -> 5 classes"),
     ("width", "the networks differ"),
     ("backend", "pass --backend"),
     ("unknown_run", "no MLflow run '0123456789abcdef'"),
@@ -163,7 +163,7 @@ def test_what_does_not_fit_is_one_line_and_leaves_the_source_alone(ft, case, exp
     assert len(lines) == 1 and lines[0].startswith("galmorph: error: --init-from "), proc.stderr[-3000:]
     assert expected in lines[0], lines[0]
     if case in ("classes", "width"):
-        assert f"--init-from run {ft['sid']} is c2 (63x63x1 -> 4 classes" in lines[0]
+        assert f"--init-from run {ft['sid']} is c2 (63x63x3 -> 4 classes" in lines[0]
     run = ft["runs"][case]
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"] in lines[0]
