@@ -401,12 +401,13 @@ def test_rerunning_a_study_continues_it(tmp_path, mlflow_store, small_space):
 
     # resuming with settings that change what a value means is refused, before any training:
     # in a fresh interpreter, where no earlier test can have imported a backend already
+    # (TuneConfig.of takes values literally; band gri is what the CLI's preset gave the study)
     refused = run_python(f"""
 import sys
 from galmorph.core.errors import GalmorphError
 from galmorph.workflows.tune import TuneConfig, tune
 try:
-    tune(TuneConfig.of(**{ {**common, "epochs": 3}!r}, experiment="resume"))
+    tune(TuneConfig.of(**{ {**common, "band": "gri", "epochs": 3}!r}, experiment="resume"))
 except GalmorphError as exc:
     print("REFUSED", exc)
 print("TORCH", "torch" in sys.modules)

@@ -13,6 +13,7 @@ stopping; the decision is broadcast so all ranks stop together.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
@@ -70,6 +71,9 @@ def init(devices: int) -> None:
         dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank()))
     else:
         dist.init_process_group("gloo")
+    # left up to the interpreter's exit (a run that fails after joining), gloo's threads end in
+    # "terminate called without an active exception" and SIGABRT instead of the exit status
+    atexit.register(shutdown)
     here = {"rank": rank(), "node": int(os.environ.get("GROUP_RANK", 0)), "local_rank": local_rank(),
             "host": socket.gethostname()}
     _REPLICAS[:] = [None] * world_size()
