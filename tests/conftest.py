@@ -151,22 +151,29 @@ def trained(tmp_path_factory):
     """(run id, the training .h5 file, tmp folder, tracking URI) of a tiny logged torch model
     (1 epoch, width 0.25, 48 px), trained once for the predict tests (test_predict.py,
     test_predict_scale.py)."""
+    tmp = tmp_path_factory.mktemp("predict")
+    h5 = make_h5(tmp / "train.h5", n=60, size=48, n_classes=3, id=np.arange(1000, 1060))
+    run_id, uri = train_tiny_model(h5, "predict")
+    return run_id, h5, tmp, uri
+
+
+def train_tiny_model(h5: Path, experiment: str) -> tuple[str, str]:
+    """Train and log a tiny torch C2 (1 epoch, width 0.25, no augmentation) on `h5` into an
+    SQLite store beside it, in `experiment`: (run id, tracking URI)."""
     import mlflow
 
     from galmorph.config import TrainConfig
     from galmorph.workflows import train
 
-    tmp = tmp_path_factory.mktemp("predict")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    h5 = make_h5(tmp / "train.h5", n=60, size=48, n_classes=3, id=np.arange(1000, 1060))
+    uri = f"sqlite:///{h5.parent / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)
         started = []
         train.run(TrainConfig(dataset=str(h5), backend="torch", model="c2", width=0.25, dense_units=16, epochs=1,
-                              batch_size=16, threads=1, quiet=True, experiment="predict", augment="none"),
+                              batch_size=16, threads=1, quiet=True, experiment=experiment, augment="none"),
                   started=started.append)
-    return started[0], h5, tmp, uri
+    return started[0], uri
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import csv
 import h5py
 import numpy as np
 import pytest
-from conftest import make_h5
+from conftest import make_h5, train_tiny_model
 
 import galmorph
 from galmorph import cli
@@ -41,22 +41,10 @@ def spark():
 def trained(tmp_path_factory):
     """(run id, 40-image .h5 file with ids, ra, dec; folder of PNGs, tracking URI) of a tiny
     logged torch model (1 epoch, width 0.25, 48 px)."""
-    import mlflow
-
-    from galmorph.config import TrainConfig
-    from galmorph.workflows import train
-
     tmp = tmp_path_factory.mktemp("spark")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
     h5 = make_h5(tmp / "train.h5", n=40, size=48, n_classes=3, id=np.arange(1000, 1040),
                  ra=np.linspace(150, 151, 40), dec=np.linspace(2, 3, 40))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        started = []
-        train.run(TrainConfig(dataset=str(h5), backend="torch", model="c2", width=0.25, dense_units=16, epochs=1,
-                              batch_size=16, threads=1, quiet=True, experiment="spark", augment="none"),
-                  started=started.append)
+    run_id, uri = train_tiny_model(h5, "spark")
     with h5py.File(h5) as f:
         images = f["images"][:8]
     folder = tmp / "pngs"
@@ -66,7 +54,7 @@ def trained(tmp_path_factory):
     Image.fromarray(np.kron(images[6], np.ones((2, 2, 1), np.uint8))).save(folder / "g6_big.png")  # resized
     Image.fromarray(np.full((48, 48), 90, np.uint8), "L").save(folder / "gray.png")  # an error
     (folder / "empty.png").write_bytes(b"")
-    return started[0], h5, folder, uri
+    return run_id, h5, folder, uri
 
 
 @pytest.fixture
