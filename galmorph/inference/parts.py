@@ -163,7 +163,7 @@ class Parts:
         import pyarrow.parquet as pq
 
         if errors:
-            atomic_write(self.errors_path(index), lambda fh: _errors_writer(fh).writerows(errors))
+            atomic_write(self.errors_path(index), lambda fh: errors_writer(fh).writerows(errors))
         with atomic_path(self.path(index)) as tmp:
             pq.write_table(table, tmp)
         if after_commit is not None:
@@ -171,12 +171,16 @@ class Parts:
 
     @staticmethod
     def _kept_columns(paths: list[Path], names: list[str]) -> list[str]:
+        """`names` less the optional metadata columns that no row of any part fills."""
         import pyarrow.parquet as pq
 
         present = set()
         for path in paths:
-            t = pq.read_table(path, columns=[c for c in OPTIONAL_META if c not in present])
-            present |= {c for c in t.column_names if t[c].null_count < len(t)}
+            missing = [c for c in OPTIONAL_META if c not in present]
+            if not missing:
+                break
+            part = pq.ParquetFile(path)
+            present |= {c for c in missing if _has_values(part, c)}
         return [c for c in names if c not in OPTIONAL_META or c in present]
 
     def assemble(self, output: Path, errors_output: Path) -> tuple[int, int]:
@@ -187,30 +191,25 @@ class Parts:
         paths = [self.path(k) for k in range(self.done())]
         full = pq.read_schema(paths[0]) if paths else None
         keep = self._kept_columns(paths, full.names if full else list(META))
-        rows = 0
-        with atomic_path(Path(output)) as tmp:
-            if is_parquet(output):
-                import pyarrow as pa
+        if is_parquet(output):
+            import pyarrow as pa
 
-                target = pa.schema([full.field(c) if full else pa.field(c, pa.string()) for c in keep])
-                with pq.ParquetWriter(tmp, target) as writer:
-                    for path in paths:
-                        table = pq.read_table(path, columns=keep)
-                        writer.write_table(table)
-                        rows += table.num_rows
-            else:
-                with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                    if not paths:
-                        fh.write(",".join(keep) + "\n")
-                    for k, path in enumerate(paths):
-                        frame = pq.read_table(path, columns=keep).to_pandas()
-                        frame.to_csv(fh, index=False, header=k == 0, lineterminator="\n")
-                        rows += len(frame)
+            target = pa.schema([full.field(c) if full else pa.field(c, pa.string()) for c in keep])
+            rows = join_parquet(paths, Path(output), target)
+        else:
+            rows = 0
+            with atomic_path(Path(output)) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+                if not paths:
+                    fh.write(",".join(keep) + "\n")
+                for k, path in enumerate(paths):
+                    frame = pq.read_table(path, columns=keep).to_pandas()
+                    frame.to_csv(fh, index=False, header=k == 0, lineterminator="\n")
+                    rows += len(frame)
         failed = 0
 
         def write_errors(fh):
             nonlocal failed
-            writer = _errors_writer(fh)
+            writer = errors_writer(fh)
             for k in range(len(paths)):
                 if self.errors_path(k).is_file():
                     with open(self.errors_path(k), newline="", encoding="utf-8") as part:
@@ -225,11 +224,48 @@ class Parts:
         _remove_tree(self.folder)
 
 
-def _errors_writer(fh):
+def errors_writer(fh):
     """A csv writer into `fh` of errors rows (`source`, `error`), the header written."""
     writer = csv.writer(fh, lineterminator="\n")
     writer.writerow(["source", "error"])
     return writer
+
+
+def join_parquet(paths: list[Path], output: Path, schema) -> int:
+    """The Parquet files `paths`, in order, as the one Parquet file `output` (atomically) with
+    the columns of the pyarrow `schema`, a row batch at a time; its number of rows."""
+    import pyarrow.parquet as pq
+
+    rows = 0
+
+    def write(fh):
+        nonlocal rows
+        with pq.ParquetWriter(fh, schema) as writer:
+            for path in paths:
+                for batch in pq.ParquetFile(path).iter_batches(columns=schema.names):
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+
+    atomic_write(output, write, text=False)
+    return rows
+
+
+def _has_values(part, column: str) -> bool:
+    """Whether some row of the Parquet file `part` (a pyarrow ParquetFile) fills `column`: from
+    the null counts in its footer, reading the column itself only where they are missing."""
+    meta = part.metadata
+    names = [meta.schema.column(j).name for j in range(meta.num_columns)]
+    if column not in names:
+        return False
+    j = names.index(column)
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        stats = group.column(j).statistics
+        if stats is None or not stats.has_null_count:
+            return part.read(columns=[column]).column(0).null_count < meta.num_rows
+        if stats.null_count < group.num_rows:
+            return True
+    return False
 
 
 def _read_manifest(folder: Path) -> dict | None:

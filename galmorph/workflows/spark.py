@@ -25,7 +25,6 @@ error:` line, exit 2, nothing written. Not resumable: a rerun starts again.
 
 from __future__ import annotations
 
-import csv
 import itertools
 import shutil
 import sys
@@ -39,12 +38,12 @@ import numpy as np
 
 from galmorph.core.errors import GalmorphError
 from galmorph.core.io import atomic_write
-from galmorph.inference import inputs
+from galmorph.inference import inputs, parts
 from galmorph.inference import spark as engine
 from galmorph.workflows.predict import PredictConfig, Summary, errors_path, sources_for
 
 PARTITIONS_PER_CORE = 4  # tasks are grouped into this many partitions per core: balance vs model loads
-META = ("id", "ra", "dec")
+META = parts.OPTIONAL_META  # kept only where some row has them, as in galmorph predict
 
 
 def _tasks(sources: list, size: int) -> list[tuple]:
@@ -156,32 +155,11 @@ def _join_parts(folder: Path, output: Path, drop) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    parts = sorted(folder.glob("part-*.parquet"))
-    if not parts:
+    found = sorted(folder.glob("part-*.parquet"))
+    if not found:
         raise GalmorphError(f"Spark wrote no Parquet part to {folder}")
-    found = pq.read_schema(parts[0])
-    schema = pa.schema([found.field(c) for c in found.names if c not in drop])
-    n = 0
-
-    def write(fh):
-        nonlocal n
-        with pq.ParquetWriter(fh, schema) as writer:
-            for part in parts:
-                for batch in pq.ParquetFile(part).iter_batches(columns=schema.names):
-                    writer.write_batch(batch)
-                    n += batch.num_rows
-
-    atomic_write(output, write, text=False)
-    return n
-
-
-def _write_errors(path: Path, errors: dict) -> None:
-    def write(fh):
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["source", "error"])
-        w.writerows(errors[k] for k in sorted(errors))
-
-    atomic_write(path, write, text=True)
+    schema = pq.read_schema(found[0])
+    return parts.join_parquet(found, output, pa.schema([schema.field(c) for c in schema.names if c not in drop]))
 
 
 def run(config: PredictConfig, *, progress: bool | None = None) -> Summary:
@@ -233,8 +211,9 @@ def run(config: PredictConfig, *, progress: bool | None = None) -> Summary:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         errors_file = errors_path(output)
-        _write_errors(errors_file, errors.value)
-        n_failed = len(errors.value)
+        failed = errors.value
+        atomic_write(errors_file, lambda fh: parts.errors_writer(fh).writerows(failed[k] for k in sorted(failed)))
+        n_failed = len(failed)
     finally:
         if own:
             spark.stop()
