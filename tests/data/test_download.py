@@ -33,7 +33,7 @@ from galmorph.core.errors import GalmorphError
 from galmorph.data import download, http
 from galmorph.data.download import fetch, sha256_file, verify
 
-STALL_S = 1.0
+STALL_S = 4.0  # long beside a slow client on a loaded machine: the client gives up after 0.3 s
 PAYLOAD = bytes((i * 7 + i // 251) % 256 for i in range(50_000))
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
 SIZE = len(PAYLOAD)

@@ -81,9 +81,9 @@ def test_streamed_and_in_memory_training_give_identical_metrics(backend, chunked
 
 
 @pytest.mark.slow
-@pytest.mark.torch
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_damaged_chunk_in_mid_epoch_fails_the_run_which_resumes_once_the_file_is_fixed(
-        chunked_h5, tracking_uri, tmp_path, monkeypatch):
+        backend, chunked_h5, tracking_uri, tmp_path, monkeypatch):
     """Windows of one block (three cached), so epoch 2 reads every block again: block 0 is
     damaged once epoch 1's checkpoint is in place, and met in epoch 2. The run streams by
     `--stream auto`, and its resume streams too though auto would now choose memory."""
@@ -95,7 +95,7 @@ def test_a_damaged_chunk_in_mid_epoch_fails_the_run_which_resumes_once_the_file_
     monkeypatch.setenv("GALMORPH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(stream, "WINDOW_BYTES", 1)
     monkeypatch.setattr(stream, "MIN_WINDOW_BLOCKS", 1)
-    whole = train.run(_config(chunked_h5, "torch", stream="true", epochs=2, run_name="whole"))
+    whole = train.run(_config(chunked_h5, backend, stream="true", epochs=2, run_name="whole"))
     with h5py.File(chunked_h5, "r") as fh:
         info = fh["images"].id.get_chunk_info(0)
     with open(chunked_h5, "rb") as fh:
@@ -112,7 +112,7 @@ def test_a_damaged_chunk_in_mid_epoch_fails_the_run_which_resumes_once_the_file_
     ids = []
     monkeypatch.setattr(stream, "AUTO_FRACTION", 0.0)  # --stream auto streams this run ...
     with pytest.raises(GalmorphError, match=r"chunked\.h5: rows 0-7 of `images` cannot be read .*--resume") as err:
-        train.run(_config(chunked_h5, "torch", stream="auto", epochs=2, checkpoints=True), started=ids.append)
+        train.run(_config(chunked_h5, backend, stream="auto", epochs=2, checkpoints=True), started=ids.append)
     monkeypatch.setattr(stream, "AUTO_FRACTION", 1e9)  # ... and would not stream now: the resume keeps the run's choice
     monkeypatch.setattr(checkpoints, "after_file_op", None)
     client = mlflow.MlflowClient()
