@@ -9,9 +9,11 @@ labels, class_names, ids and columns are kept. Images are made square and `size`
 
 A label without its image, an image without a label and an image that cannot be read are
 rows (`source`, `error`) of `<output stem>.errors.csv`, reported in one line; only nothing
-left to write is an error. The file is written as `OUT.h5.part` beside a progress record
-`OUT.h5.part.json`, a chunk at a time: an interrupted convert run again with the same
-settings continues after the last chunk recorded; the finished file is renamed into place.
+left to write is an error. Each image is decoded once, as its chunk is written: one that
+cannot be read is left out there, and the rows after it move up. The file is written as
+`OUT.h5.part` beside a progress record `OUT.h5.part.json`, a chunk at a time: an interrupted
+convert run again with the same settings continues after the last chunk recorded; the
+finished file is renamed into place.
 """
 
 from __future__ import annotations
@@ -54,7 +56,10 @@ class ConvertConfig:
 
 @dataclass
 class _Plan:
-    """What to write: per row its image reader argument and label, plus the file's extras."""
+    """What to write: `n` candidate rows, each with its label and extra columns, read `read`
+    (start, stop) -> (uint8 images (k, size, size, 3) of the rows that could be read, their
+    positions in [start, stop), [(source, error)] of the others); `errors`: the rows that
+    were left out before any image was read."""
 
     n: int
     size: int
@@ -62,7 +67,7 @@ class _Plan:
     class_names: tuple[str, ...] | None
     columns: dict
     errors: list
-    read: object  # read(start, stop) -> uint8 (stop - start, size, size, 3)
+    read: object
 
 
 def run(config: ConvertConfig) -> int:
@@ -78,19 +83,26 @@ def run(config: ConvertConfig) -> int:
     plan = _from_h5(src, config) if src.is_file() else _from_folder(src, config)
     errors_path = io.errors_path(out)
     errors_path.unlink(missing_ok=True)  # an earlier run's list, not this one's
-    if plan.errors:
-        import pandas as pd
-
-        io.atomic_write(errors_path, lambda fh: pd.DataFrame(plan.errors, columns=["source", "error"]).to_csv(
-            fh, index=False))
     if plan.n == 0:
+        _write_errors(errors_path, plan.errors)
         raise GalmorphError(f"nothing to convert in {src}: no image has a label (see {errors_path})")
-    digest = _write(out, plan, config)
+    written, classes, unreadable, digest = _write(out, plan, config)
+    errors = plan.errors + unreadable
+    if errors:
+        _write_errors(errors_path, errors)
+    if digest is None:
+        raise GalmorphError(f"nothing to convert in {src}: no labelled image could be read (see {errors_path})")
     integrity.remember(out, digest)
-    note = f"; {len(plan.errors)} skipped, listed in {errors_path}" if plan.errors else ""
-    print(f"{out}: {plan.n} images of {plan.size} px in {len(set(plan.labels.tolist()))} classes, chunks of "
+    note = f"; {len(errors)} skipped, listed in {errors_path}" if errors else ""
+    print(f"{out}: {written} images of {plan.size} px in {classes} classes, chunks of "
           f"{min(config.chunk_rows, plan.n)}, {config.compression}, sha256 {digest[:12]}...{note}")
-    return 1 if plan.errors else 0
+    return 1 if errors else 0
+
+
+def _write_errors(path: Path, errors: list) -> None:
+    import pandas as pd
+
+    io.atomic_write(path, lambda fh: pd.DataFrame(errors, columns=["source", "error"]).to_csv(fh, index=False))
 
 
 def _from_h5(src: Path, config: ConvertConfig) -> _Plan:
@@ -101,7 +113,7 @@ def _from_h5(src: Path, config: ConvertConfig) -> _Plan:
     if raw.ids is not None:
         columns["id"] = raw.ids
     return _Plan(rows.n, rows.size, raw.labels, names, columns, [],
-                 lambda a, b: rows.read(np.arange(a, b)))
+                 lambda a, b: (rows.read(np.arange(a, b)), np.arange(b - a), []))
 
 
 def _from_folder(src: Path, config: ConvertConfig) -> _Plan:
@@ -149,19 +161,19 @@ def _from_folder(src: Path, config: ConvertConfig) -> _Plan:
                 columns[col] = pd.to_numeric(table[col]).to_numpy()
             except ValueError:
                 raise GalmorphError(f"{csv}: column {col} holds values that are not numbers; fix or drop it") from None
-    # an unreadable image is found before writing, so that the rows, labels and columns agree
-    good = []
-    for k, path in enumerate(paths):
-        try:
-            inputs.read_image(path, geometry)
-            good.append(k)
-        except ValueError as exc:
-            errors.append((path.relative_to(src).as_posix(), str(exc)))
-    good = np.asarray(good, dtype=np.int64)
-    paths = [paths[k] for k in good]
-    return _Plan(len(paths), size, labels[good] if good.size else labels[:0], names,
-                 {k: v[good] for k, v in columns.items()}, errors,
-                 lambda a, b: np.stack([inputs.read_image(p, geometry) for p in paths[a:b]]))
+
+    def read(start: int, stop: int):
+        decoded, kept, failed = [], [], []
+        for k in range(start, stop):
+            try:
+                decoded.append(inputs.read_image(paths[k], geometry))
+                kept.append(k - start)
+            except ValueError as exc:
+                failed.append((paths[k].relative_to(src).as_posix(), str(exc)))
+        stacked = np.stack(decoded) if decoded else np.empty((0, size, size, 3), np.uint8)
+        return stacked, np.asarray(kept, dtype=np.int64), failed
+
+    return _Plan(len(paths), size, labels, names, columns, errors, read)
 
 
 def _names(text: str) -> tuple[str, ...] | None:
@@ -195,30 +207,33 @@ def _first_side(paths) -> int:
         try:
             with Image.open(path) as im:
                 return min(im.size)
-        except Exception:  # an unreadable one is found and listed by the check that follows
+        except Exception:  # an unreadable one is listed when its chunk is written
             continue
     return 1
 
 
-def _write(out: Path, plan: _Plan, config: ConvertConfig) -> str:
-    """Write `plan` to `out` through OUT.part and its progress record; the file's SHA256."""
+def _write(out: Path, plan: _Plan, config: ConvertConfig) -> tuple[int, int, list, str | None]:
+    """Write `plan` to `out` through OUT.part and its progress record: (rows written, classes
+    among them, [(source, error)] of the images that could not be read, the file's SHA256, or
+    None, and no file, when none could be)."""
     import h5py
 
     part = out.with_name(out.name + ".part")
     record = part.with_name(part.name + ".json")
     key = {"source": str(Path(config.source).resolve()), "settings": asdict(config), "rows": plan.n,
            "size": plan.size, "labels": _digest(plan.labels)}
-    done = _progress(record, key, part)
+    done, written, unreadable = _progress(record, key, part)
     chunk = min(config.chunk_rows, plan.n)
+    per_row = {"ans": plan.labels, **plan.columns}
     if done == 0:
         part.unlink(missing_ok=True)
         with h5py.File(part, "w") as fh:
             shape = (plan.n, plan.size, plan.size, 3)
             fh.create_dataset("images", shape, np.uint8, chunks=hdf5.image_chunks(shape, chunk),
+                              maxshape=(None, *shape[1:]),
                               compression=None if config.compression == "none" else config.compression)
-            fh.create_dataset("ans", data=plan.labels)
-            for name, values in plan.columns.items():
-                fh.create_dataset(name, data=values)
+            for name, values in per_row.items():  # resizable: rows whose image cannot be read are left out
+                fh.create_dataset(name, (plan.n,), values.dtype, maxshape=(None,))
             if plan.class_names is not None:
                 fh.attrs["class_names"] = list(plan.class_names)
     bar = None
@@ -229,39 +244,55 @@ def _write(out: Path, plan: _Plan, config: ConvertConfig) -> str:
                    dynamic_ncols=True)
     try:
         with h5py.File(part, "r+") as fh:
-            ds = fh["images"]
             for start in range(done, plan.n, chunk):
                 stop = min(plan.n, start + chunk)
-                ds[start:stop] = plan.read(start, stop)
+                images, kept, failed = plan.read(start, stop)
+                end = written + kept.size
+                if kept.size:
+                    fh["images"][written:end] = images
+                    for name, values in per_row.items():
+                        fh[name][written:end] = values[start:stop][kept]
+                written, unreadable = end, unreadable + [list(f) for f in failed]
                 fh.flush()
-                io.atomic_write(record, lambda f, stop=stop: json.dump({**key, "done": stop}, f))
+                state = {**key, "done": stop, "written": written, "unreadable": unreadable}
+                io.atomic_write(record, lambda f, state=state: json.dump(state, f))
                 if bar is not None:
                     bar.update(stop - start)
+            if written < plan.n:
+                for name in ("images", *per_row):
+                    fh[name].resize(written, axis=0)
+            classes = len(set(fh["ans"][:].tolist()))
     finally:
         if bar is not None:
             bar.close()
+    unreadable = [tuple(f) for f in unreadable]
+    if written == 0:
+        part.unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
+        return 0, 0, unreadable, None
     digest = integrity.sha256_file(part)
     os.replace(part, out)
     record.unlink(missing_ok=True)
-    return digest
+    return written, classes, unreadable, digest
 
 
-def _progress(record: Path, key: dict, part: Path) -> int:
-    """Rows already written by an interrupted run with the same settings, else 0."""
+def _progress(record: Path, key: dict, part: Path) -> tuple[int, int, list]:
+    """(candidate rows done, rows written, unreadable images) of an interrupted run with the
+    same settings, else (0, 0, [])."""
     try:
         doc = json.loads(record.read_text())
     except (OSError, ValueError):
-        return 0
+        return 0, 0, []
     if not isinstance(doc, dict) or {k: doc.get(k) for k in key} != key or not part.is_file():
-        return 0
+        return 0, 0, []
     try:
         import h5py
 
         with h5py.File(part, "r") as fh:
             fh["images"].shape  # noqa: B018  (opens: a part left unreadable by the kill starts over)
     except (OSError, KeyError):
-        return 0
-    return int(doc.get("done", 0))
+        return 0, 0, []
+    return int(doc.get("done", 0)), int(doc.get("written", 0)), list(doc.get("unreadable", []))
 
 
 def _digest(values: np.ndarray) -> str:

@@ -53,6 +53,53 @@ def test_a_folder_and_labels_csv_become_a_chunked_compressed_file(tmp_path, caps
     assert not list(tmp_path.glob("*.part*"))
 
 
+def test_an_unreadable_image_is_left_out_and_an_interrupted_folder_convert_continues(tmp_path, capsys, monkeypatch):
+    """Each image is decoded once, as its chunk is written: g04.jpg cannot be read, so it is
+    listed and the rows after it move up, labels and ids with them; a run interrupted in its
+    third chunk continues to the same file."""
+    from galmorph.inference import inputs
+
+    src = _folder(tmp_path)
+    (src / "g04.jpg").write_bytes(b"not a jpeg")
+    args = ["data", "convert", str(src), "--size", "32", "--chunk-rows", "4", "--quiet"]
+    whole = tmp_path / "whole.h5"
+    assert cli.main([*args, "--output", str(whole)]) == 1
+    assert "whole.h5: 10 images of 32 px in 3 classes" in capsys.readouterr().out
+    errors = pd.read_csv(tmp_path / "whole.errors.csv")
+    assert len(errors) == 3 and errors.loc[errors["source"] == "g04.jpg", "error"].item()
+    geometry = inputs.Geometry(32)
+    with h5py.File(whole) as fh:
+        ids = fh["id"][:].tolist()
+        assert ids == [1000, 1001, 1002] + list(range(1005, 1012))  # 1003: no image; 1004: unreadable
+        assert fh["images"].shape == (10, 32, 32, 3) and fh["ans"][:].tolist() == [[2, 0, 1][(i - 1000) % 3] for i in ids]
+        for row, i in enumerate(ids):
+            name = f"night2/g{i - 1000:02d}.png" if i % 2 else f"g{i - 1000:02d}.jpg"
+            assert np.array_equal(fh["images"][row], inputs.read_image(src / name, geometry)), name
+
+    real, calls = inputs.read_image, []
+
+    def interrupted(path, geo):
+        calls.append(path)
+        if len(calls) == 9:  # the third chunk's first image
+            raise KeyboardInterrupt
+        return real(path, geo)
+
+    out = tmp_path / "out.h5"
+    monkeypatch.setattr(inputs, "read_image", interrupted)
+    assert cli.main([*args, "--output", str(out)]) == 130  # as Ctrl-C ends it
+    assert "galmorph: interrupted" in capsys.readouterr().err
+    assert not out.exists() and (tmp_path / "out.h5.part").is_file()
+    calls.clear()
+    monkeypatch.setattr(inputs, "read_image", lambda path, geo: calls.append(path) or real(path, geo))
+    assert cli.main([*args, "--output", str(out)]) == 1
+    assert len(calls) == 3  # the 11 labelled images in chunks of 4: the third chunk only
+    assert pd.read_csv(tmp_path / "out.errors.csv").equals(errors)
+    assert registry.load(str(out)).digest() == registry.load(str(whole)).digest()
+    with h5py.File(out) as fh, h5py.File(whole) as ref:
+        assert all(np.array_equal(fh[k][:], ref[k][:]) for k in ("images", "ans", "id"))
+    assert not list(tmp_path.glob("*.part*"))
+
+
 def test_nothing_left_is_an_error_and_writes_no_file(tmp_path, capsys):
     src = _folder(tmp_path)
     pd.DataFrame({"file": ["nope.png"], "label": ["spiral"]}).to_csv(src / "other.csv", index=False)
