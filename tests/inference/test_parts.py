@@ -102,6 +102,18 @@ def test_parts_continue_refuse_another_key_and_assemble_csv_or_parquet(tmp_path)
     assert restarted.done() == 0 and restarted.key["model"] == "other"
 
 
+@pytest.mark.parametrize("statistics", [True, False])
+def test_which_optional_columns_hold_a_value_is_read_from_the_footer_or_else_the_data(tmp_path, statistics):
+    import pyarrow as pa
+
+    path = tmp_path / "part.parquet"
+    table = pa.table({"id": pa.array([None, None, None, "7"], pa.string()), "ra": pa.array([None] * 4, pa.float64())})
+    pq.write_table(table, path, row_group_size=2, write_statistics=statistics)  # "7" in the second row group
+    part = pq.ParquetFile(path)
+    assert part.metadata.row_group(1).column(0).is_stats_set is statistics
+    assert parts._has_values(part, "id") and not parts._has_values(part, "ra") and not parts._has_values(part, "dec")
+
+
 def test_a_catalogue_of_image_paths_reads_them_like_files(tmp_path, monkeypatch):
     monkeypatch.setattr(catalogue, "PIECE", 2)
     rng = np.random.default_rng(1)
