@@ -254,7 +254,7 @@ def _has_values(part, column: str) -> bool:
     """Whether some row of the Parquet file `part` (a pyarrow ParquetFile) fills `column`: from
     the null counts in its footer, reading the column itself only where they are missing."""
     meta = part.metadata
-    names = [meta.schema.column(j).name for j in range(meta.num_columns)]
+    names = [meta.schema.column(j).path for j in range(meta.num_columns)]  # a nested field is "s.id", not "id"
     if column not in names:
         return False
     j = names.index(column)

@@ -18,6 +18,7 @@ finished file is renamed into place.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
@@ -58,8 +59,8 @@ class ConvertConfig:
 class _Plan:
     """What to write: `n` candidate rows, each with its label and extra columns, read `read`
     (start, stop) -> (uint8 images (k, size, size, 3) of the rows that could be read, their
-    positions in [start, stop), [(source, error)] of the others); `errors`: the rows that
-    were left out before any image was read."""
+    positions in [start, stop), [(position, source, error)] of the others); `errors`: the
+    rows that were left out before any image was read."""
 
     n: int
     size: int
@@ -83,12 +84,13 @@ def run(config: ConvertConfig) -> int:
     plan = _from_h5(src, config) if src.is_file() else _from_folder(src, config)
     errors_path = io.errors_path(out)
     errors_path.unlink(missing_ok=True)  # an earlier run's list, not this one's
-    if plan.n == 0:
+    if plan.errors:  # listed now, so that a convert that stops half-way lists them too
         _write_errors(errors_path, plan.errors)
+    if plan.n == 0:
         raise GalmorphError(f"nothing to convert in {src}: no image has a label (see {errors_path})")
     written, classes, unreadable, digest = _write(out, plan, config)
     errors = plan.errors + unreadable
-    if errors:
+    if unreadable:
         _write_errors(errors_path, errors)
     if digest is None:
         raise GalmorphError(f"nothing to convert in {src}: no labelled image could be read (see {errors_path})")
@@ -169,7 +171,7 @@ def _from_folder(src: Path, config: ConvertConfig) -> _Plan:
                 decoded.append(inputs.read_image(paths[k], geometry))
                 kept.append(k - start)
             except ValueError as exc:
-                failed.append((paths[k].relative_to(src).as_posix(), str(exc)))
+                failed.append((k - start, paths[k].relative_to(src).as_posix(), str(exc)))
         stacked = np.stack(decoded) if decoded else np.empty((0, size, size, 3), np.uint8)
         return stacked, np.asarray(kept, dtype=np.int64), failed
 
@@ -215,18 +217,25 @@ def _first_side(paths) -> int:
 def _write(out: Path, plan: _Plan, config: ConvertConfig) -> tuple[int, int, list, str | None]:
     """Write `plan` to `out` through OUT.part and its progress record: (rows written, classes
     among them, [(source, error)] of the images that could not be read, the file's SHA256, or
-    None, and no file, when none could be)."""
+    None, and no file, when none could be).
+
+    Rows are written a whole chunk at a time at chunk-aligned places (a compressed chunk
+    written in two goes would be compressed and stored twice): rows read beyond the last
+    whole chunk wait in memory, and a resumed run reads them again. The images that could not
+    be read are appended to OUT.part.errors.csv; the record says how many of its rows, and
+    how many candidates (`done`) and rows (`written`), are in place."""
     import h5py
 
     part = out.with_name(out.name + ".part")
-    record = part.with_name(part.name + ".json")
-    key = {"source": str(Path(config.source).resolve()), "settings": asdict(config), "rows": plan.n,
+    record, failures = part.with_name(part.name + ".json"), part.with_name(part.name + ".errors.csv")
+    key = {"format": 2, "source": str(Path(config.source).resolve()), "settings": asdict(config), "rows": plan.n,
            "size": plan.size, "labels": _digest(plan.labels)}
-    done, written, unreadable = _progress(record, key, part)
+    done, written, n_bad = _progress(record, key, part, failures)
     chunk = min(config.chunk_rows, plan.n)
     per_row = {"ans": plan.labels, **plan.columns}
     if done == 0:
         part.unlink(missing_ok=True)
+        failures.write_text("")
         with h5py.File(part, "w") as fh:
             shape = (plan.n, plan.size, plan.size, 3)
             fh.create_dataset("images", shape, np.uint8, chunks=hdf5.image_chunks(shape, chunk),
@@ -242,20 +251,32 @@ def _write(out: Path, plan: _Plan, config: ConvertConfig) -> tuple[int, int, lis
 
         bar = tqdm(total=plan.n, initial=done, desc=f"convert {out.name}", unit="img", file=sys.stderr,
                    dynamic_ncols=True)
+    waiting = np.empty((0, plan.size, plan.size, 3), np.uint8)  # read, not yet written: images,
+    positions = np.empty(0, np.int64)  # their candidate rows,
+    bad: list = []  # and the unreadable ones among them: (candidate row, source, error)
     try:
-        with h5py.File(part, "r+") as fh:
+        with h5py.File(part, "r+") as fh, open(failures, "a", newline="", encoding="utf-8") as listed:
             for start in range(done, plan.n, chunk):
                 stop = min(plan.n, start + chunk)
                 images, kept, failed = plan.read(start, stop)
-                end = written + kept.size
-                if kept.size:
-                    fh["images"][written:end] = images
-                    for name, values in per_row.items():
-                        fh[name][written:end] = values[start:stop][kept]
-                written, unreadable = end, unreadable + [list(f) for f in failed]
-                fh.flush()
-                state = {**key, "done": stop, "written": written, "unreadable": unreadable}
-                io.atomic_write(record, lambda f, state=state: json.dump(state, f))
+                waiting, positions = np.concatenate([waiting, images]), np.concatenate([positions, start + kept])
+                bad += [(start + k, source, error) for k, source, error in failed]
+                while positions.size >= chunk or (stop == plan.n and (positions.size or bad)):
+                    m = min(chunk, positions.size)
+                    if m:
+                        fh["images"][written:written + m] = waiting[:m]
+                        for name, values in per_row.items():
+                            fh[name][written:written + m] = values[positions[:m]]
+                    written += m
+                    done = plan.n if m == positions.size and stop == plan.n else int(positions[m - 1]) + 1
+                    waiting, positions = waiting[m:], positions[m:]
+                    csv.writer(listed, lineterminator="\n").writerows((s, e) for k, s, e in bad if k < done)
+                    n_bad += sum(k < done for k, _, _ in bad)
+                    bad = [b for b in bad if b[0] >= done]
+                    fh.flush()
+                    listed.flush()
+                    state = {**key, "done": done, "written": written, "unreadable": n_bad}
+                    io.atomic_write(record, lambda f, state=state: json.dump(state, f))
                 if bar is not None:
                     bar.update(stop - start)
             if written < plan.n:
@@ -265,34 +286,39 @@ def _write(out: Path, plan: _Plan, config: ConvertConfig) -> tuple[int, int, lis
     finally:
         if bar is not None:
             bar.close()
-    unreadable = [tuple(f) for f in unreadable]
+    with open(failures, newline="", encoding="utf-8") as fh:
+        unreadable = [tuple(row) for row in csv.reader(fh)]
     if written == 0:
         part.unlink(missing_ok=True)
-        record.unlink(missing_ok=True)
-        return 0, 0, unreadable, None
-    digest = integrity.sha256_file(part)
-    os.replace(part, out)
+    else:
+        digest = integrity.sha256_file(part)
+        os.replace(part, out)
     record.unlink(missing_ok=True)
-    return written, classes, unreadable, digest
+    failures.unlink(missing_ok=True)
+    return written, classes, unreadable, digest if written else None
 
 
-def _progress(record: Path, key: dict, part: Path) -> tuple[int, int, list]:
-    """(candidate rows done, rows written, unreadable images) of an interrupted run with the
-    same settings, else (0, 0, [])."""
+def _progress(record: Path, key: dict, part: Path, failures: Path) -> tuple[int, int, int]:
+    """(candidate rows done, rows written, images listed as unreadable) of an interrupted run
+    with the same settings, else (0, 0, 0); the list of unreadable images is cut back to
+    what the record counts."""
     try:
         doc = json.loads(record.read_text())
     except (OSError, ValueError):
-        return 0, 0, []
+        return 0, 0, 0
     if not isinstance(doc, dict) or {k: doc.get(k) for k in key} != key or not part.is_file():
-        return 0, 0, []
+        return 0, 0, 0
     try:
         import h5py
 
         with h5py.File(part, "r") as fh:
             fh["images"].shape  # noqa: B018  (opens: a part left unreadable by the kill starts over)
-    except (OSError, KeyError):
-        return 0, 0, []
-    return int(doc.get("done", 0)), int(doc.get("written", 0)), list(doc.get("unreadable", []))
+        with open(failures, newline="", encoding="utf-8") as fh:
+            listed = list(csv.reader(fh))[: int(doc["unreadable"])]
+    except (OSError, KeyError, ValueError):
+        return 0, 0, 0
+    io.atomic_write(failures, lambda fh: csv.writer(fh, lineterminator="\n").writerows(listed))
+    return int(doc["done"]), int(doc["written"]), len(listed)
 
 
 def _digest(values: np.ndarray) -> str:

@@ -56,7 +56,7 @@ def test_a_folder_and_labels_csv_become_a_chunked_compressed_file(tmp_path, caps
 def test_an_unreadable_image_is_left_out_and_an_interrupted_folder_convert_continues(tmp_path, capsys, monkeypatch):
     """Each image is decoded once, as its chunk is written: g04.jpg cannot be read, so it is
     listed and the rows after it move up, labels and ids with them; a run interrupted in its
-    third chunk continues to the same file."""
+    third block of reads continues to the same rows and errors."""
     from galmorph.inference import inputs
 
     src = _folder(tmp_path)
@@ -92,7 +92,9 @@ def test_an_unreadable_image_is_left_out_and_an_interrupted_folder_convert_conti
     calls.clear()
     monkeypatch.setattr(inputs, "read_image", lambda path, geo: calls.append(path) or real(path, geo))
     assert cli.main([*args, "--output", str(out)]) == 1
-    assert len(calls) == 3  # the 11 labelled images in chunks of 4: the third chunk only
+    # read in blocks of 4 of the 11 labelled images: the first whole chunk written held candidates 0-4 (3 is
+    # g04.jpg), so the rerun reads candidates 5-10 again, not the first five
+    assert [p.name for p in calls] == ["g06.jpg", "g07.png", "g08.jpg", "g09.png", "g10.jpg", "g11.png"]
     assert pd.read_csv(tmp_path / "out.errors.csv").equals(errors)
     assert registry.load(str(out)).digest() == registry.load(str(whole)).digest()
     with h5py.File(out) as fh, h5py.File(whole) as ref:
