@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import sys
 import threading
 import time
@@ -179,12 +178,10 @@ def sleeps(monkeypatch):
 
 
 @pytest.fixture
-def dead_url():
-    """A URL on a port nothing listens on (connection refused at once)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/nothing.bin"
+def dead_url(closed_port):
+    """A URL on a port nothing listens on (connection refused at once): bound for the test, so
+    nothing else can start listening there."""
+    return f"http://127.0.0.1:{closed_port}/nothing.bin"
 
 
 def part_of(dest):
