@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import glob
+import itertools
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -14,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -290,47 +293,41 @@ def closed_port():
     sock.close()
 
 
-def _port_block() -> range | None:
-    """The ports this pytest process gives its test servers: a block of its own per xdist
-    worker, below the kernel's ephemeral range. A port the kernel picks for bind(0) or for a
-    client's connection comes from that range, so a port taken from it, checked free and
-    released, can be handed to any connection (the suite's own, or a neighbour's) before the
-    server binds it; a port below it can only be taken by a server that asks for it by
-    number. None where the ephemeral range leaves no room below it."""
+PORT_BLOCK = 500
+
+
+@functools.cache
+def _port_walk() -> Iterator[int]:
+    """The ports this pytest process gives its test servers, endlessly: a block of its own per
+    xdist worker, below the kernel's ephemeral range, walked from a random place (two test
+    sessions at once on one machine start apart; a port just released is not asked for again
+    at once). A port the kernel picks for bind(0) or for a client's connection comes from the
+    ephemeral range, so a port taken from it, checked free and released, can be handed to any
+    connection (the suite's own, or a neighbour's) before the server binds it; a port below
+    it can only be taken by a server that asks for it by number. Empty where the ephemeral
+    range leaves no room below it."""
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    index = int(worker[2:]) if worker[2:].isdigit() else 0
-    start = 10000 + index * PORT_BLOCK
-    return range(start, start + PORT_BLOCK) if start + PORT_BLOCK <= low else None
-
-
-PORT_BLOCK = 500
-_ports = {"block": None, "next": None}
+    start = 10000 + (int(worker[2:]) if worker[2:].isdigit() else 0) * PORT_BLOCK
+    if start + PORT_BLOCK > low:
+        return iter(())
+    return itertools.islice(itertools.cycle(range(start, start + PORT_BLOCK)), random.randrange(PORT_BLOCK), None)
 
 
 def free_port() -> int:
-    """A loopback port free now, for a server a test starts. Successive calls walk this worker's
-    block (_port_block) from a random place, so two test sessions at once on one machine start
-    apart and a port just released (TIME_WAIT) is not asked for again at once."""
-    if _ports["next"] is None:
-        import random
-
-        _ports["block"] = _port_block()
-        _ports["next"] = random.randrange(PORT_BLOCK)
-    block = _ports["block"]
-    for _ in range(PORT_BLOCK if block else 0):
-        port = block[_ports["next"] % PORT_BLOCK]
-        _ports["next"] += 1
+    """A loopback port free now, for a server a test starts: the next one of _port_walk that
+    binds, or one the kernel picks where the whole block is taken."""
+    for port in itertools.islice(_port_walk(), PORT_BLOCK):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    with socket.socket() as s:  # no room below the ephemeral range, or the block all taken
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
